@@ -1,0 +1,33 @@
+# segfold: every target installs what it needs first, so each works on a fresh machine.
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+CONFIG ?= configs/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install install-dev test demo camvid lint bench
+
+install:
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -e .
+
+install-dev: install
+	$(PIP) install -q -r requirements-dev.txt
+
+# The test command of the README (and of .ci/run).
+test: install-dev
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+# The main job: the whole chain on the synthetic demo competition (made on first use).
+demo: install
+	$(PYTHON) scripts/run_chain.py --config configs/default.yaml
+
+# The same chain on the real CamVid-4 data in ../shared/data/camvid4.
+camvid: install
+	$(PYTHON) scripts/run_chain.py --config configs/camvid4.yaml
+
+lint: install-dev
+	$(PYTHON) -m ruff check src scripts tests
+
+bench: install
+	$(PYTHON) scripts/bench_rle.py
+	$(PYTHON) scripts/bench_train.py

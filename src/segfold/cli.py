@@ -1,0 +1,53 @@
+"""What every script shares: `--config` / `--set` arguments and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from segfold.errors import SegfoldError
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add `--config FILE` and `--set KEY=VALUE ...` to a script's parser."""
+    parser.add_argument("--config", default=None, help="experiment YAML (default: configs/default.yaml, the demo)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set train.epochs=3 model.encoder_weights=null",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """The validated config named by `--config` with the `--set` overrides applied."""
+    from segfold.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def script_main(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a script's main: user errors print as `error: ...` and exit 1 (SEGFOLD_DEBUG=1 shows the traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (SegfoldError, FileNotFoundError) as exc:
+            if os.environ.get("SEGFOLD_DEBUG"):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper

@@ -1,0 +1,31 @@
+"""Typed experiment configs: YAML files validated against a pydantic schema."""
+
+from segfold.config.base import StrictModel, format_validation_error
+from segfold.config.load import (
+    apply_overrides,
+    config_to_dict,
+    default_config_path,
+    load_config,
+    read_with_bases,
+    repo_root,
+    save_config,
+    validate_config,
+)
+from segfold.config.schema import Config, ExperimentConfig
+from segfold.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ExperimentConfig",
+    "StrictModel",
+    "apply_overrides",
+    "config_to_dict",
+    "default_config_path",
+    "format_validation_error",
+    "load_config",
+    "read_with_bases",
+    "repo_root",
+    "save_config",
+    "validate_config",
+]

@@ -1,0 +1,1 @@
+"""segfold.models.decoders"""
