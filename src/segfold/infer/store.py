@@ -1,0 +1,247 @@
+"""Probability stores: per-pixel probabilities of many images as one memory-mapped uint8 file.
+
+A store named `oof` in `folder` is four files:
+
+- `oof.u8`: raw uint8 array `(N, C, H, W)` in C order, each value `round(p * 255)`;
+- `oof.index.csv`: one `ImageId` per row of the array, with a header line;
+- `oof.json`: `{"classes": [...], "shape": [N, C, H, W], "dtype": "uint8", "scale": 255, "has_cls": bool}`;
+- `oof.cls.npy` (optional): aux-head class probabilities `(N, C)` float32.
+
+While writing, every file has a temporary name (`.oof.u8.partial`, ...); `finalize()` flushes and
+renames them, the JSON last, so a store whose JSON exists is complete. Usage::
+
+    store = ProbStore.create(folder, "test", image_ids, classes, height, width)
+    store.write([0, 1], probs)          # float (2, C, H, W) in [0, 1]
+    store.finalize()
+    probs = ProbStore.open(folder, "test").read([0])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segfold.errors import DataError
+
+SCALE = 255
+_PARTIAL = ".partial"
+
+
+def to_uint8(probs: np.ndarray) -> np.ndarray:
+    """Quantise probabilities in [0, 1] to uint8 `round(p * 255)` (values outside are clipped)."""
+    return np.rint(np.clip(np.asarray(probs, dtype=np.float32), 0.0, 1.0) * SCALE).astype(np.uint8)
+
+
+def store_paths(folder: str | os.PathLike, name: str) -> dict[str, Path]:
+    """The final file names of the store `name` in `folder` (keys: u8, index, json, cls)."""
+    folder = Path(folder)
+    return {
+        "u8": folder / f"{name}.u8",
+        "index": folder / f"{name}.index.csv",
+        "json": folder / f"{name}.json",
+        "cls": folder / f"{name}.cls.npy",
+    }
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_PARTIAL}")
+
+
+def store_exists(folder: str | os.PathLike, name: str) -> bool:
+    """Whether a finalized store `name` exists in `folder`."""
+    return store_paths(folder, name)["json"].is_file()
+
+
+class ProbStore:
+    """A memory-mapped uint8 probability array with its ImageId index and class names.
+
+    Build one with `ProbStore.create` (writable) or `ProbStore.open` (read-only); do not call the
+    constructor directly.
+    """
+
+    def __init__(self, folder: Path, name: str, image_ids: list[str], classes: list[str],
+                 probs: np.memmap, cls: np.ndarray | None, writable: bool) -> None:
+        self.folder = folder
+        self.name = name
+        self.image_ids = image_ids
+        self.classes = classes
+        self.probs = probs
+        self.cls = cls
+        self.writable = writable
+        self._shape: tuple[int, int, int, int] = tuple(int(s) for s in probs.shape)  # type: ignore[assignment]
+        self._written = np.zeros(len(image_ids), dtype=bool) if writable else None
+        self._row_of: dict[str, int] | None = None
+
+    # ----------------------------------------------------------------- creation and opening
+    @classmethod
+    def create(cls, folder: str | os.PathLike, name: str, image_ids: Sequence[str], classes: Sequence[str],
+               height: int, width: int) -> ProbStore:
+        """A writable store of `len(image_ids)` rows of `(len(classes), height, width)` probabilities.
+
+        Args:
+            folder: where the files go (created if missing).
+            name: the file stem (`oof`, `test`).
+            image_ids: one id per row, unique.
+            classes: class names, one per channel.
+            height: mask height (the metric / submission resolution).
+            width: mask width.
+        """
+        image_ids = [str(i) for i in image_ids]
+        classes = [str(c) for c in classes]
+        if len(set(image_ids)) != len(image_ids):
+            dup = pd.Series(image_ids)[pd.Series(image_ids).duplicated()].iloc[0]
+            raise DataError(f"ProbStore '{name}': ImageId {dup!r} appears more than once; ids must be unique")
+        if not classes or height < 1 or width < 1:
+            raise DataError(f"ProbStore '{name}': need at least one class and a positive size, "
+                            f"got classes={classes}, height={height}, width={width}")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        shape = (len(image_ids), len(classes), int(height), int(width))
+        u8_tmp = _partial(store_paths(folder, name)["u8"])
+        if len(image_ids):
+            probs = np.memmap(u8_tmp, dtype=np.uint8, mode="w+", shape=shape)
+        else:  # np.memmap refuses empty files
+            u8_tmp.write_bytes(b"")
+            probs = np.zeros(shape, dtype=np.uint8)  # type: ignore[assignment]
+        return cls(folder, name, image_ids, classes, probs, None, writable=True)
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, name: str, mode: str = "r") -> ProbStore:
+        """Open a finalized store read-only (`mode="r"`) or for in-place edits (`mode="r+"`).
+
+        Raises:
+            DataError: the store is missing, partial or its files disagree.
+        """
+        paths = store_paths(folder, name)
+        if not paths["json"].is_file():
+            hint = " (a partial one exists: the run that wrote it did not finish)" \
+                if _partial(paths["u8"]).exists() else ""
+            raise DataError(f"no probability store '{name}' in {folder}: {paths['json']} not found{hint}")
+        try:
+            meta = json.loads(paths["json"].read_text())
+            shape = tuple(int(s) for s in meta["shape"])
+            classes = [str(c) for c in meta["classes"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{paths['json']}: not a probability-store header ({exc}); rewrite the store") from None
+        index = pd.read_csv(paths["index"], dtype={"ImageId": str}, keep_default_na=False)
+        if "ImageId" not in index.columns or len(index) != shape[0]:
+            raise DataError(f"{paths['index']}: expected an ImageId column with {shape[0]} rows "
+                            f"(the shape in {paths['json'].name}), got {len(index)}; rewrite the store")
+        expected = int(np.prod(shape))
+        size = paths["u8"].stat().st_size if paths["u8"].is_file() else -1
+        if size != expected:
+            raise DataError(f"{paths['u8']}: {size} bytes, expected {expected} for shape {list(shape)}; "
+                            "the store is truncated, rewrite it")
+        if expected:
+            probs = np.memmap(paths["u8"], dtype=np.uint8, mode=mode, shape=shape)
+        else:
+            probs = np.zeros(shape, dtype=np.uint8)  # type: ignore[assignment]
+        cls_probs = None
+        if meta.get("has_cls") or paths["cls"].is_file():
+            cls_probs = np.load(paths["cls"], allow_pickle=False).astype(np.float32)
+            if cls_probs.shape != shape[:2]:
+                raise DataError(f"{paths['cls']}: shape {cls_probs.shape}, expected {shape[:2]}; rewrite the store")
+        return cls(Path(folder), name, index["ImageId"].tolist(), classes, probs, cls_probs, writable=False)
+
+    # ----------------------------------------------------------------- reading
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """`(N, C, H, W)`."""
+        return self._shape
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def row_of(self, image_id: str) -> int:
+        """The row of `image_id` (DataError when the store has no such image)."""
+        if self._row_of is None:
+            self._row_of = {image_id: row for row, image_id in enumerate(self.image_ids)}
+        try:
+            return self._row_of[str(image_id)]
+        except KeyError:
+            raise DataError(f"probability store '{self.name}' in {self.folder} has no ImageId {image_id!r}") from None
+
+    def read(self, rows: int | Sequence[int] | slice | np.ndarray) -> np.ndarray:
+        """Probabilities of `rows` as float32 in [0, 1]: `(C, H, W)` for one int row, else `(n, C, H, W)`."""
+        if isinstance(rows, (list, tuple)):
+            rows = np.asarray(rows, dtype=np.int64)
+        return np.asarray(self.probs[rows], dtype=np.float32) / SCALE
+
+    # ----------------------------------------------------------------- writing
+    def write(self, rows: int | Sequence[int] | np.ndarray, probs: np.ndarray) -> None:
+        """Store float probabilities `(n, C, H, W)` (or `(C, H, W)` for one int row) at `rows`."""
+        self._check_writable()
+        index = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        probs = np.asarray(probs)
+        if np.ndim(rows) == 0:
+            probs = probs[None]
+        expected = (len(index), *self.shape[1:])
+        if probs.shape != expected:
+            raise ValueError(f"ProbStore.write: probabilities of shape {probs.shape}, expected {expected} "
+                             "(resize to the store's height and width first)")
+        self.probs[index] = to_uint8(probs)
+        self._written[index] = True
+
+    def write_cls(self, rows: int | Sequence[int] | np.ndarray, probs: np.ndarray) -> None:
+        """Store aux-head class probabilities `(n, C)` at `rows` (creates `<name>.cls.npy` on finalize)."""
+        self._check_writable()
+        if self.cls is None:
+            self.cls = np.zeros(self.shape[:2], dtype=np.float32)
+        index = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        self.cls[index] = np.asarray(probs, dtype=np.float32).reshape(len(index), self.shape[1])
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise ValueError(f"probability store '{self.name}' is open read-only (or already finalized)")
+
+    def finalize(self, allow_missing: bool = False) -> ProbStore:
+        """Flush, write the index and header, and rename the files to their final names.
+
+        Args:
+            allow_missing: accept rows that were never written (they stay 0); by default that is an error.
+
+        Returns:
+            The store re-opened read-only.
+        """
+        self._check_writable()
+        missing = np.flatnonzero(~self._written)
+        if len(missing) and not allow_missing:
+            first = ", ".join(self.image_ids[i] for i in missing[:3])
+            raise ValueError(f"ProbStore '{self.name}': {len(missing)} rows were never written (e.g. {first})")
+        paths = store_paths(self.folder, self.name)
+        if isinstance(self.probs, np.memmap):
+            self.probs.flush()
+        del self.probs
+        pd.DataFrame({"ImageId": self.image_ids}).to_csv(_partial(paths["index"]), index=False)
+        if self.cls is not None:
+            with open(_partial(paths["cls"]), "wb") as handle:
+                np.save(handle, self.cls.astype(np.float32), allow_pickle=False)
+        meta = {"classes": self.classes, "shape": list(self._shape), "dtype": "uint8",
+                "scale": SCALE, "has_cls": self.cls is not None}
+        _partial(paths["json"]).write_text(json.dumps(meta, indent=2) + "\n")
+        # NOTE: the header goes away first and comes back last, so a reader never pairs an old header
+        # with new data.
+        paths["json"].unlink(missing_ok=True)
+        os.replace(_partial(paths["u8"]), paths["u8"])
+        os.replace(_partial(paths["index"]), paths["index"])
+        if self.cls is not None:
+            os.replace(_partial(paths["cls"]), paths["cls"])
+        else:
+            paths["cls"].unlink(missing_ok=True)
+        os.replace(_partial(paths["json"]), paths["json"])
+        self.writable = False
+        return ProbStore.open(self.folder, self.name)
+
+    def abort(self) -> None:
+        """Drop a writable store's temporary files (the final files, if any, are untouched)."""
+        if not self.writable:
+            return
+        del self.probs
+        for path in store_paths(self.folder, self.name).values():
+            _partial(path).unlink(missing_ok=True)
+        self.writable = False
