@@ -11,7 +11,6 @@ from segfold.config.load import (
     save_config,
     validate_config,
 )
-from segfold.config.schema import Config, ExperimentConfig
 from segfold.errors import ConfigError
 
 __all__ = [
@@ -29,3 +28,13 @@ __all__ = [
     "save_config",
     "validate_config",
 ]
+
+
+def __getattr__(name: str):
+    # NOTE: the schema imports every section module (data, models, train, ...); importing it lazily lets
+    # those modules import segfold.config without a cycle.
+    if name in ("Config", "ExperimentConfig"):
+        from segfold.config import schema
+
+        return getattr(schema, name)
+    raise AttributeError(f"module 'segfold.config' has no attribute {name!r}")

@@ -112,7 +112,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                 child = node[key] = {}
             if not isinstance(child, dict):
                 where = ".".join(keys[: depth + 1])
-                raise ConfigError(f"--set '{text}': '{where}' is a value, not a section, so it has no key '{keys[depth + 1]}'")
+                raise ConfigError(
+                    f"--set '{text}': '{where}' is a value, not a section, so it has no key '{keys[depth + 1]}'"
+                )
             node = child
         node[keys[-1]] = value
     return data
@@ -131,7 +133,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     Raises:
         ConfigError: one-line message naming the file, key and the accepted values.
     """
-    from segfold.config.schema import Config
 
     path = Path(path) if path is not None else default_config_path()
     data = apply_overrides(read_with_bases(path), overrides)
