@@ -1,1 +1,31 @@
-"""segfold.models"""
+"""segfold.models: the model zoo (encoder -> decoder -> heads), its registry and factory."""
+
+from segfold.models.base import SegmentationModel, from_pretrained
+from segfold.models.heads import ClassificationHead, SegmentationHead, get_activation
+from segfold.models.outputs import ModelOutputs, unpack_outputs
+from segfold.models.registry import create_model, get_model_class, list_models, register_model
+
+__all__ = [
+    "ClassificationHead",
+    "ModelOutputs",
+    "SegmentationHead",
+    "SegmentationModel",
+    "create_model",
+    "from_pretrained",
+    "get_activation",
+    "get_model_class",
+    "list_models",
+    "register_model",
+    "unpack_outputs",
+]
+
+
+def __getattr__(name: str):
+    # NOTE architecture classes (segfold.models.Unet, ...) come from the registry, so every
+    # registered one is reachable here without a list to keep in sync.
+    from segfold.models.registry import _MODELS, _ensure_loaded
+
+    _ensure_loaded()
+    if name in _MODELS:
+        return _MODELS[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
