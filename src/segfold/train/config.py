@@ -1,26 +1,144 @@
 """Config sections `loss`, `optim`, `scheduler`, `train`.
 
-STARTER (owned by the trainer): extend freely; keep these field names.
+Checks that span sections (warm-up shorter than the run, deep-supervision weights only for a model
+that has them) live in `segfold.train.checks`, run when training starts.
 """
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
 from segfold.config.base import StrictModel
 
 
+class LossTerm(StrictModel):
+    """One weighted term of the mask loss: `{name: dice, weight: 0.5, params: {smooth: 1.0}}`."""
+
+    name: str = Field(min_length=1)
+    weight: float = Field(1.0, gt=0)
+    params: dict[str, Any] = {}
+
+
 class LossConfig(StrictModel):
-    pass
+    """The training objective: a weighted sum of mask losses, plus the aux-head and deep-supervision terms.
+
+    `skip_empty` drops from the mask loss every (image, class) whose class is absent in the image
+    (the aux head learns emptiness instead); it needs a model with an aux head.
+    """
+
+    terms: list[LossTerm] = Field(
+        default_factory=lambda: [LossTerm(name="bce", weight=0.5), LossTerm(name="dice", weight=0.5)], min_length=1
+    )
+    aux_weight: float = Field(0.2, ge=0)
+    aux_loss: Literal["bce", "focal"] = "bce"
+    skip_empty: bool = False
+    deep_supervision_weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> LossConfig:
+        if self.deep_supervision_weights is not None:
+            if not self.deep_supervision_weights or any(w < 0 for w in self.deep_supervision_weights):
+                raise ValueError(
+                    "loss.deep_supervision_weights must be a non-empty list of weights >= 0 "
+                    "(one per extra Unet++ output), or null"
+                )
+        return self
 
 
 class OptimConfig(StrictModel):
-    name: str = "adamw"
-    lr: float = 1e-3
+    """Optimizer: the decoder and head use `lr`, the encoder `lr * encoder_lr_mult`.
+
+    Biases and normalisation weights (every 0- or 1-dimensional parameter) get no weight decay.
+    """
+
+    name: Literal["adamw", "adam", "sgd", "radam", "lion"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    encoder_lr_mult: float = Field(1.0, gt=0, le=100)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimConfig:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas = {list(self.betas)}: each beta must be in [0, 1)")
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("optim.nesterov=true needs optim.name=sgd and optim.momentum > 0")
+        return self
 
 
 class SchedulerConfig(StrictModel):
-    name: str = "cosine"
+    """Learning-rate schedule.
+
+    - `cosine` / `poly`: per optimizer step, with a linear warm-up of `warmup_epochs` from
+      `warmup_lr_ratio * lr`, down to `min_lr_ratio * lr` (timm schedulers).
+    - `onecycle`: per step, rising for `onecycle_pct_start` of the run (torch OneCycleLR; it has its
+      own warm-up, so `warmup_epochs` must be 0).
+    - `plateau`: per epoch, multiplies the lr by `plateau_factor` after `plateau_patience` epochs
+      without improvement of `train.monitor` (torch ReduceLROnPlateau).
+    - `constant`: the optimizer's lr throughout (after the optional warm-up).
+    """
+
+    name: Literal["cosine", "onecycle", "plateau", "poly", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_lr_ratio: float = Field(0.01, gt=0, le=1)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    poly_power: float = Field(0.9, gt=0)
+    onecycle_pct_start: float = Field(0.3, gt=0, lt=1)
+    onecycle_div_factor: float = Field(25.0, gt=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SchedulerConfig:
+        if self.warmup_epochs > 0 and self.name in ("onecycle", "plateau"):
+            raise ValueError(
+                f"scheduler.warmup_epochs = {self.warmup_epochs} is not supported with scheduler.name={self.name}; "
+                "set it to 0 (onecycle warms up by itself through onecycle_pct_start)"
+            )
+        return self
 
 
 class TrainConfig(StrictModel):
-    epochs: int = 3
-    batch_size: int = 8
+    """The training loop: batches, precision, EMA, sampling, validation and checkpoints."""
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(8, ge=1)
+    valid_batch_size: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+    accumulate_steps: int = Field(1, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    freeze_encoder_epochs: int = Field(0, ge=0)
+    ema: bool = False
+    ema_decay: float = Field(0.998, gt=0, lt=1)
+    ema_warmup: bool = True
+    sampler: Literal["random", "positive_share"] = "random"
+    positive_share: float = Field(0.5, ge=0, le=1)
+    monitor: Literal["score", "valid_loss"] = "score"
+    patience: int | None = Field(None, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    save_top_k: int = Field(1, ge=1)
+    sync_batchnorm: bool = False
+    max_train_batches: int | None = Field(None, ge=1)
+    write_oof: bool = True
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.freeze_encoder_epochs >= self.epochs:
+            raise ValueError(
+                f"train.freeze_encoder_epochs = {self.freeze_encoder_epochs} must be smaller than "
+                f"train.epochs = {self.epochs}, or the encoder never trains"
+            )
+        if self.compile and self.deterministic:
+            raise ValueError("train.compile=true and train.deterministic=true cannot be combined; turn one off")
+        return self
