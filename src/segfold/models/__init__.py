@@ -1,15 +1,18 @@
 """segfold.models: the model zoo (encoder -> decoder -> heads), its registry and factory."""
 
 from segfold.models.base import SegmentationModel, from_pretrained
+from segfold.models.config import ModelConfig, build_model
 from segfold.models.heads import ClassificationHead, SegmentationHead, get_activation
 from segfold.models.outputs import ModelOutputs, unpack_outputs
 from segfold.models.registry import create_model, get_model_class, list_models, register_model
 
 __all__ = [
     "ClassificationHead",
+    "ModelConfig",
     "ModelOutputs",
     "SegmentationHead",
     "SegmentationModel",
+    "build_model",
     "create_model",
     "from_pretrained",
     "get_activation",

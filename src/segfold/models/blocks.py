@@ -153,3 +153,30 @@ def check_interpolation(mode: str) -> str:
         raise ValueError(f"decoder_interpolation={mode!r} is not supported; "
                          f"use one of {', '.join(INTERPOLATION_MODES)}")
     return mode
+
+
+class UpsampleBlock(nn.Module):
+    """Unet-style decoder block: resize to the skip's size, concatenate the skips, two 3x3 conv-norm-acts.
+
+    Shared by Unet, Unet++ (every nested node) and MAnet (its last block). The optional attention
+    runs on the concatenated input and on the output.
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, use_norm: NormSpec = "batchnorm",
+                 attention_type: str | None = None, interpolation: str = "nearest") -> None:
+        super().__init__()
+        self.interpolation = check_interpolation(interpolation)
+        self.attention1 = get_attention(attention_type, in_channels + skip_channels)
+        self.conv1 = Conv2dNormAct(in_channels + skip_channels, out_channels, 3, padding=1, use_norm=use_norm)
+        self.conv2 = Conv2dNormAct(out_channels, out_channels, 3, padding=1, use_norm=use_norm)
+        self.attention2 = get_attention(attention_type, out_channels)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | torch.Size,
+                skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Args: x: the coarser input; size: the output's (H, W); skips: same-size features to concatenate."""
+        x = interpolate_to(x, size, self.interpolation)
+        if skips:
+            x = torch.cat([x, *skips], dim=1)
+        x = self.attention1(x)
+        x = self.conv2(self.conv1(x))
+        return self.attention2(x)
