@@ -9,7 +9,14 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from segfold.encoders import ENCODER_ALIASES, get_encoder, get_preprocessing_params, list_encoders, resolve_encoder_name
+from segfold.encoders import (
+    ENCODER_ALIASES,
+    get_encoder,
+    get_preprocessing_params,
+    get_vit_encoder,
+    list_encoders,
+    resolve_encoder_name,
+)
 from segfold.encoders import weights as weights_module
 from segfold.errors import WeightsError
 
@@ -218,3 +225,103 @@ def test_cached_pretrained_weights_are_used(empty_caches, monkeypatch) -> None:
     torch.testing.assert_close(_first_conv(encoder), classifier.conv1[0].weight)
     with pytest.raises(WeightsError, match="tags"):
         get_encoder("test_resnet", weights="no_such_tag")
+
+
+# ---- Mix Transformer (SegFormer) ----
+
+
+def test_mit_b0_shapes_and_parameter_count() -> None:
+    encoder = get_encoder("mit_b0")
+    # widths of mit_b0 in the SegFormer paper: 32, 64, 160, 256 at strides 4..32; stride 2 is empty
+    assert encoder.out_channels == [3, 0, 32, 64, 160, 256]
+    assert encoder.reductions == [1, 2, 4, 8, 16, 32]
+    features = encoder(torch.rand(2, 3, SIZE, SIZE))
+    assert shapes(features) == [
+        (2, 3, 64, 64),
+        (2, 0, 32, 32),
+        (2, 32, 16, 16),
+        (2, 64, 8, 8),
+        (2, 160, 4, 4),
+        (2, 256, 2, 2),
+    ]
+    # measured with segmentation_models_pytorch 0.5.0 (smp.Unet("mit_b0").encoder)
+    assert n_params(encoder) == 3319392
+    # one input channel instead of three removes 2 * 32 * 7 * 7 = 3136 weights of the 7x7 patch embedding
+    assert n_params(get_encoder("mit_b0", in_channels=1)) == 3319392 - 3136
+
+
+def test_mit_structure_follows_the_paper() -> None:
+    encoder = get_encoder("mit_b0")
+    # efficient attention: keys/values reduced by 8, 4, 2 per side in stages 1-3, not at all in stage 4
+    assert [
+        encoder.block1[0].attn.sr.kernel_size,
+        encoder.block2[0].attn.sr.kernel_size,
+        encoder.block3[0].attn.sr.kernel_size,
+    ] == [(8, 8), (4, 4), (2, 2)]
+    assert not hasattr(encoder.block4[0].attn, "sr")
+    assert [encoder.block1[0].attn.num_heads, encoder.block4[0].attn.num_heads] == [1, 8]
+    # Mix-FFN: hidden width 4 * 32 with a 3x3 depthwise conv
+    dwconv = encoder.block1[0].mlp.dwconv.dwconv
+    assert (dwconv.in_channels, dwconv.groups, dwconv.kernel_size) == (128, 128, (3, 3))
+    # drop path rises linearly from 0 to 0.1 over the 8 blocks: block 2 of 8 drops 0.1 / 7
+    assert encoder.block1[1].drop_path.drop_prob == pytest.approx(0.1 / 7)
+
+
+def test_mit_depth_dilation_and_weights(tmp_path) -> None:
+    encoder = get_encoder("mit_b0", depth=3)
+    assert encoder.out_channels == [3, 0, 32, 64]
+    assert not hasattr(encoder, "block3")
+    assert shapes(encoder(torch.rand(1, 3, SIZE, SIZE)))[-1] == (1, 64, 8, 8)
+    with pytest.raises(ValueError, match="mit_b0"):
+        get_encoder("mit_b0", output_stride=16)
+    with pytest.raises(WeightsError, match="local file"):
+        get_encoder("mit_b0", weights="imagenet")
+    source = get_encoder("mit_b0")
+    state = source.state_dict()
+    state["head.weight"] = torch.zeros(1000, 256)  # an ImageNet classifier head is dropped silently
+    save_file(state, str(tmp_path / "mit_b0.safetensors"))
+    one = get_encoder("mit_b0", in_channels=1, weights=tmp_path / "mit_b0.safetensors")
+    kernel = source.patch_embed1.proj.weight
+    torch.testing.assert_close(one.patch_embed1.proj.weight, kernel.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(one.block4[1].mlp.fc2.weight, source.block4[1].mlp.fc2.weight)
+
+
+# ---- plain ViT for DPT ----
+
+
+def test_vit_encoder_features_match_timm(tmp_path) -> None:
+    reference = timm.create_model("test_vit", dynamic_img_size=True).eval()
+    torch.save(reference.state_dict(), tmp_path / "vit.pth")
+    encoder = get_vit_encoder("test_vit", weights=tmp_path / "vit.pth").eval()
+    # test_vit has 6 blocks; 4 evenly spaced ending at the last: 6 * k // 4 - 1 for k = 1..4
+    assert encoder.out_indices == [0, 2, 3, 5]
+    assert (encoder.embed_dim, encoder.patch_size, encoder.num_prefix_tokens) == (64, 16, 1)
+    assert encoder.out_channels == [64] * 4 and encoder.output_stride == 16
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        features, prefix = encoder(x)
+        expected = reference.forward_intermediates(
+            x, indices=[0, 2, 3, 5], return_prefix_tokens=True, intermediates_only=True
+        )
+    assert shapes(features) == [(2, 64, 4, 6)] * 4 and shapes(prefix) == [(2, 1, 64)] * 4
+    for (spatial, tokens), got, got_prefix in zip(expected, features, prefix, strict=True):
+        torch.testing.assert_close(got, spatial)
+        torch.testing.assert_close(got_prefix, tokens)
+
+
+def test_vit_encoder_options(tmp_path) -> None:
+    classifier = timm.create_model("test_vit")
+    save_file(classifier.state_dict(), str(tmp_path / "vit.safetensors"))
+    encoder = get_vit_encoder("tu-test_vit", in_channels=1, out_indices=[1, 3], weights=tmp_path / "vit.safetensors")
+    assert encoder.out_indices == [1, 3] and len(encoder.model.blocks) == 4  # blocks after 3 are not kept
+    torch.testing.assert_close(
+        encoder.model.patch_embed.proj.weight, classifier.patch_embed.proj.weight.sum(dim=1, keepdim=True)
+    )
+    features, _ = encoder(torch.rand(1, 1, 32, 32))
+    assert shapes(features) == [(1, 64, 2, 2)] * 2
+    with pytest.raises(ValueError, match="patch size 16"):
+        encoder(torch.rand(1, 1, 40, 40))
+    with pytest.raises(ValueError, match="out_indices"):
+        get_vit_encoder("test_vit", out_indices=[7])
+    with pytest.raises(ValueError, match="not a plain ViT"):
+        get_vit_encoder("test_resnet")

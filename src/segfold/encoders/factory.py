@@ -1,15 +1,19 @@
-"""`get_encoder`: one factory for timm encoders and the Mix Transformers, with weights and dilation checks."""
+"""`get_encoder` (timm encoders, Mix Transformers) and `get_vit_encoder` (DPT), with weights and dilation checks."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from segfold.encoders.aliases import NATIVE_ENCODERS, resolve_encoder_name
+from segfold.encoders.mit import build_mit_encoder
 from segfold.encoders.timm_encoder import TimmEncoder, feature_reductions
+from segfold.encoders.vit import ViTEncoder
 from segfold.encoders.weights import (
     download_url,
     find_cached_weights,
@@ -59,8 +63,6 @@ def get_encoder(
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     timm_name = resolve_encoder_name(name)
     if timm_name in NATIVE_ENCODERS:
-        from segfold.encoders.mit import build_mit_encoder
-
         return build_mit_encoder(timm_name, in_channels, depth, weights, output_stride)
     dilated = output_stride < 2**depth
     if dilated:
@@ -70,49 +72,84 @@ def get_encoder(
                 f"encoder {name!r} cannot be dilated to output_stride={output_stride} (its timm model "
                 f"{timm_name!r} has no output_stride support); use output_stride=32 or another encoder"
             )
-    build = dict(timm_name=timm_name, in_channels=in_channels, depth=depth, output_stride=output_stride)
+    build = partial(TimmEncoder, timm_name, in_channels=in_channels, depth=depth, output_stride=output_stride)
+    return _with_weights(name, timm_name, weights, build)
+
+
+def get_vit_encoder(
+    name: str,
+    in_channels: int = 3,
+    out_indices: int | Sequence[int] = 4,
+    weights: str | os.PathLike | None = None,
+    img_size: int | None = None,
+) -> ViTEncoder:
+    """Build a plain-ViT feature encoder for DPT (all features at stride ``patch_size``).
+
+    Args:
+        name: a timm ViT-style model (``test_vit``, ``vit_base_patch16_384``, ...), bare or ``tu-``.
+        in_channels: input channels; pretrained patch-embedding weights are adapted by timm's rule.
+        out_indices: number of evenly spaced blocks (ending at the last), or the block indices.
+        weights: as for `get_encoder`.
+        img_size: the size the position embedding is made for (timm's default when None); other
+            multiples of the patch size work through interpolation.
+
+    Returns:
+        A `ViTEncoder`; ``forward(x) -> (features, prefix_tokens)``.
+
+    Raises:
+        ValueError: unknown name, a model without ViT-style intermediates, or bad indices.
+        WeightsError: as for `get_encoder`.
+    """
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    timm_name = resolve_encoder_name(name)
+    extra = {"img_size": img_size} if img_size is not None else {}
+    build = partial(ViTEncoder, timm_name, in_channels=in_channels, out_indices=out_indices, **extra)
+    return _with_weights(name, timm_name, weights, build)
+
+
+def _with_weights(
+    name: str, timm_name: str, weights: str | os.PathLike | None, build: Callable[..., nn.Module]
+) -> nn.Module:
+    """Call ``build(**timm_create_kwargs)`` with the weights asked for: none, a tag (cache first), or a file."""
     if weights is None:
-        return TimmEncoder(**build, pretrained=False)
+        return build(pretrained=False)
     if is_weights_path(weights):
-        return _from_local_file(name, build, weights)
+        state_dict = read_state_dict(weights)
+        if all(key.startswith("model.") for key in state_dict):
+            # This encoder's own state dict (the wrappers keep the timm module as `model`).
+            encoder = build(pretrained=False)
+            load_encoder_state_dict(encoder, state_dict, source=os.fspath(weights))
+            return encoder
+        return _from_timm_state_dict(name, timm_name, build, state_dict, os.fspath(weights), tag=None)
     cfg = pretrained_cfg_for(timm_name, str(weights))
     cached = find_cached_weights(cfg)
     if cached is not None:
-        return _from_timm_state_dict(name, build, read_state_dict(cached), str(cached), cfg.tag)
+        return _from_timm_state_dict(name, timm_name, build, read_state_dict(cached), str(cached), cfg.tag)
     if not hub_reachable(download_url(cfg)):
         raise offline_error(name, cfg)
     try:
-        return TimmEncoder(**build, pretrained=True, pretrained_cfg_overlay={"tag": cfg.tag} if cfg.tag else None)
+        return build(pretrained=True, pretrained_cfg_overlay={"tag": cfg.tag} if cfg.tag else None)
     except Exception as error:  # noqa: BLE001 - network and hub errors of every kind
         raise WeightsError(f"downloading pretrained weights for encoder {name!r} failed: {error}") from error
 
 
-def _from_local_file(name: str, build: dict[str, Any], path: str | os.PathLike) -> TimmEncoder:
-    state_dict = read_state_dict(path)
-    if all(key.startswith("model.") for key in state_dict):
-        # This encoder's own state dict (TimmEncoder keeps the timm module as `model`).
-        encoder = TimmEncoder(**build, pretrained=False)
-        load_encoder_state_dict(encoder, state_dict, source=str(path))
-        return encoder
-    return _from_timm_state_dict(name, build, state_dict, str(path), tag=None)
-
-
 def _from_timm_state_dict(
-    name: str, build: dict[str, Any], state_dict: dict[str, Any], source: str, tag: str | None
-) -> TimmEncoder:
+    name: str, timm_name: str, build: Callable[..., nn.Module], state_dict: dict, source: str, tag: str | None
+) -> nn.Module:
     """Let timm load a classifier state dict: its checkpoint filter, in_chans adaptation and head removal apply."""
     overlay: dict[str, Any] = {"state_dict": state_dict, "source": "timm"}
     if tag:
         overlay["tag"] = tag
     try:
-        return TimmEncoder(**build, pretrained=True, pretrained_cfg_overlay=overlay)
+        return build(pretrained=True, pretrained_cfg_overlay=overlay)
     except RuntimeError as error:
-        detail = str(error).replace("\n", " ").replace("\t", " ")
+        detail = " ".join(str(error).split())
         if len(detail) > 1500:
             detail = detail[:1500] + " ..."
         raise WeightsError(
-            f"encoder weights {source} do not fit encoder {name!r} ({build['timm_name']}): {detail}. Pass a state "
-            "dict of the same timm model (classifier or encoder)"
+            f"encoder weights {source} do not fit encoder {name!r} ({timm_name}): {detail}. Pass a state dict of "
+            "the same timm model (classifier or encoder)"
         ) from error
 
 
