@@ -1,1 +1,8 @@
-"""segfold.data"""
+"""segfold.data: competition data in, tensors out.
+
+Modules (imported on use, so that reading a config stays light):
+`rle` (Kaggle run-length codec), `config` (the `data` section), `formats` (readers ->
+`Annotations`), `images` (file IO), `transforms` (albumentations from YAML), `dataset`
+(`SegmentationDataset`), `sampler` (`PositiveShareSampler`), `folds` (`folds.csv`), `demo`
+(the synthetic demo competition).
+"""

@@ -1,16 +1,162 @@
 """Config section `data`: where the competition data is and how it is laid out.
 
-STARTER (owned by the data layer): extend freely; keep these field names.
+The defaults describe the synthetic demo competition (`input/demo/`, written on first use by
+`segfold.data.demo.ensure_demo_data`). A Kaggle competition sets `root`, `format`, `classes` and the
+column names; see DESIGN.md (Data) for one example per format.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from segfold.config.base import StrictModel
+
+Size = tuple[int, int]
+
+# Where each format keeps its labels:
+#   csv_long      ImageId,ClassId,EncodedPixels; only non-empty (image, class) rows (Severstal re-released)
+#   csv_combined  ImageId_ClassId,EncodedPixels; one row per image and class (Severstal original, Clouds)
+#   csv_instances ImageId,EncodedPixels; one row per instance, merged per image (SIIM-ACR)
+#   png_binary    one 0/non-zero PNG per image (`mask_pattern` with `{stem}`), or per image and class (`{class}`)
+#   png_index     one index-map PNG per image; `class_values` maps labels to classes, `ignore_label` is ignored
+Format = Literal["csv_long", "csv_combined", "csv_instances", "png_binary", "png_index"]
+CSV_FORMATS = ("csv_long", "csv_combined", "csv_instances")
+
+
+class FoldsConfig(StrictModel):
+    """How `scripts/make_folds.py` splits the training images."""
+
+    n_folds: int = Field(5, ge=2)
+    # kfold | stratified (on the set of classes present, or area bins) | multilabel (per-class presence,
+    # iterative stratification) | group | stratified_group
+    method: Literal["kfold", "stratified", "multilabel", "group", "stratified_group"] = "multilabel"
+    stratify_on: Literal["classes", "area"] = "classes"
+    area_bins: int = Field(4, ge=2)
+    group_column: str | None = None
+    group_regex: str | None = None
+    seed: int | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _groups_named(self) -> FoldsConfig:
+        if self.method in ("group", "stratified_group") and not (self.group_column or self.group_regex):
+            raise ValueError(f"method '{self.method}' needs group_column (a CSV column) or group_regex "
+                             "(a pattern on ImageId, e.g. '^([^_]+)_')")
+        if self.group_column and self.group_regex:
+            raise ValueError("set group_column or group_regex, not both")
+        return self
+
+
+TransformSpec = dict[str, Any]
+
+DEFAULT_TRAIN_AUGMENT: list[TransformSpec] = [
+    {"name": "HorizontalFlip", "p": 0.5},
+    {"name": "VerticalFlip", "p": 0.5},
+    {"name": "Affine", "scale": [0.9, 1.1], "translate_percent": [-0.0625, 0.0625], "rotate": [-10, 10], "p": 0.5},
+    {"name": "RandomBrightnessContrast", "brightness_limit": 0.2, "contrast_limit": 0.2, "p": 0.5},
+]
+
+
+class AugmentConfig(StrictModel):
+    """albumentations pipelines: lists of `{name: <transform class>, <argument>: value, ...}`.
+
+    Compositions (`OneOf`, `SomeOf`, `Sequential`) take their children under `transforms:`.
+    """
+
+    train: list[TransformSpec] = Field(default_factory=lambda: [dict(t) for t in DEFAULT_TRAIN_AUGMENT])
+    valid: list[TransformSpec] = []
+
+    @field_validator("train", "valid")
+    @classmethod
+    def _named(cls, specs: list[TransformSpec]) -> list[TransformSpec]:
+        for i, spec in enumerate(specs):
+            if not isinstance(spec.get("name"), str):
+                raise ValueError(f"entry {i} has no 'name' (write {{name: HorizontalFlip, p: 0.5}})")
+        return specs
+
+
+class SamplerConfig(StrictModel):
+    """`positive_share`: fraction of images with any mask in every batch (None: plain shuffling)."""
+
+    positive_share: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class DataConfig(StrictModel):
     root: str = "input/demo"
+    format: Format = "csv_long"
+    train_csv: str | None = "train.csv"
+    train_images: str = "train_images"
+    test_images: str = "test_images"
+    train_masks: str = "train_masks"
+    mask_pattern: str = "{stem}.png"
+    sample_submission: str | None = "sample_submission.csv"
+    test_labels: str | None = "test_labels.csv"
+    image_column: str = "ImageId"
+    class_column: str = "ClassId"
+    rle_column: str = "EncodedPixels"
+    combined_column: str = "ImageId_ClassId"
+    image_suffix: str = ""
     mode: Literal["binary", "multiclass", "multilabel"] = "multilabel"
     classes: list[str] = ["1", "2", "3", "4"]
+    class_values: list[int | list[int]] | None = None
+    background: str | None = None
+    ignore_label: int | None = None
+    ignore_index: int = 255
+    image_shape: Size | None = None
+    image_size: Size | None = None
+    metric_size: Size | None = None
+    rle_order: Literal["F", "C"] = "F"
+    relative_rle: bool = False
+    metric: Literal["dice_pairs", "dice_image", "tgs_iou"] = "dice_pairs"
+    empty_score: float = 1.0
+    folds: FoldsConfig = FoldsConfig()
+    augment: AugmentConfig = AugmentConfig()
+    sampler: SamplerConfig = SamplerConfig()
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, classes: list[str]) -> list[str]:
+        if not classes:
+            raise ValueError("list at least one class")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"class names must be unique, got {classes}")
+        return classes
+
+    @field_validator("image_shape", "image_size", "metric_size")
+    @classmethod
+    def _positive_size(cls, size: Size | None) -> Size | None:
+        if size is not None and min(size) <= 0:
+            raise ValueError(f"sizes are [height, width] with positive sides, got {list(size)}")
+        return size
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.mode == "binary" and len(self.classes) != 1:
+            raise ValueError(f"mode 'binary' takes exactly one class, got {self.classes} (use 'multilabel')")
+        if self.class_values is not None and len(self.class_values) != len(self.classes):
+            raise ValueError(f"class_values has {len(self.class_values)} entries for {len(self.classes)} classes")
+        if self.format == "png_binary" and len(self.classes) > 1 and "{class}" not in self.mask_pattern:
+            raise ValueError("png_binary with several classes needs '{class}' in mask_pattern, "
+                             "e.g. '{class}/{stem}.png'")
+        if self.mode == "multiclass" and self.format != "png_index" and self.background not in self.classes:
+            raise ValueError(f"multiclass from per-class masks needs background set to one of the classes "
+                             f"{self.classes} (the label of pixels no mask covers)")
+        if self.format in CSV_FORMATS and self.train_csv is None:
+            raise ValueError(f"format '{self.format}' reads its labels from train_csv; set it")
+        return self
+
+    @property
+    def root_path(self) -> Path:
+        """`root` as a path; a relative root is taken from the repository folder (`configs/`'s parent)."""
+        from segfold.config import repo_root
+
+        root = Path(self.root).expanduser()
+        return root if root.is_absolute() else repo_root() / root
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of the model: one per class in every mode."""
+        return len(self.classes)
