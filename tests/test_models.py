@@ -3,6 +3,7 @@ export, freezing), and parameter parity with segmentation_models_pytorch 0.5.0 o
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -99,6 +100,11 @@ def test_decoder_parameter_count_matches_reference_on_efficientnet(arch):
     ("Unet", {"aux_params": {"classes": 3}}, 2298948),
     ("Unet", {"encoder_name": "resnet18"}, 14328209),  # smp-style alias; reference tu-resnet18 and resnet18 agree
     ("FPN", {"encoder_name": "efficientnet-b0"}, 5347325),  # alias of timm efficientnet_b0 (reference tu-...)
+    # stride-4 encoder (empty stride-2 feature)
+    ("Unet", {"encoder_name": "test_convnext"}, 1695209),
+    ("MAnet", {"encoder_name": "test_convnext"}, 2213301),
+    ("FPN", {"encoder_name": "test_convnext"}, 1874969),
+    ("PSPNet", {"encoder_name": "test_convnext"}, 69953),
 ])
 def test_parameter_count_matches_reference_with_options(arch, kwargs, expected):
     kwargs.setdefault("encoder_name", "test_resnet")
@@ -116,6 +122,10 @@ def test_norm_variants_by_hand():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 1, 32, 32)
     with pytest.raises(ValueError, match="decoder_use_norm"):
         build("Unet", decoder_use_norm="groupnorm")
+    # PSPNet's old keyword: without norm, 548 normed conv channels (3 pooled branches of 96 // 4 = 12 plus the
+    # 512-channel fusion conv) each lose 2 norm parameters and gain a bias: 119589 - 548
+    with pytest.warns(DeprecationWarning, match="psp_use_batchnorm"):
+        assert count(build("PSPNet", psp_use_batchnorm=False)) == 119589 - 548
 
 
 # --------------------------------------------------------------------------------------- shapes and sizes
@@ -292,6 +302,8 @@ def test_names_and_errors():
         build("Unet", decoder_channels=(64, 32, 16))
     with pytest.raises(ValueError, match="stride-2 feature"):
         build("UnetPlusPlus", encoder_name="test_convnext")
+    with pytest.raises(ValueError, match="pass upsampling=16"):
+        build("PSPNet", encoder_depth=4)
     with pytest.warns(DeprecationWarning, match="decoder_use_norm"):
         build("Unet", decoder_use_batchnorm=False)
     assert segfold.Unet is get_model_class("unet") and segfold.create_model is create_model
@@ -346,6 +358,7 @@ def test_save_and_load_give_identical_outputs(arch, tmp_path):
     x = torch.randn(1, 3, 40, 36)
     for a, b in zip(model(x), loaded(x), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert copy.deepcopy(model).config == model.config  # EMA copies keep the constructor keywords
     config = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert config["arch"] == arch and config["segfold_version"] == segfold.__version__
     assert config["kwargs"]["classes"] == 2
