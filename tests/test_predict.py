@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from segfold.infer.predict import resize_probs
 from segfold.infer.tiles import ramp_weights, sliding_window, tile_starts
 from segfold.infer.tta import build_tta, make_predictor, tta_predict
 
@@ -159,3 +160,110 @@ def test_tiles_match_full_image_on_translation_equivariant_model():
     tiled_error = (tiled - full).abs().max().item()
     assert naive_error > 0.05  # the seams are there without blending weights
     assert tiled_error < 0.01 and tiled_error < naive_error / 10
+
+
+def test_resize_to_submission_resolution():
+    probs = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4) / 16
+    # 4x4 -> 2x2 by area: the mean of each 2x2 block, e.g. top-left (0 + 1 + 4 + 5) / 4 / 16 = 2.5 / 16
+    expected = torch.tensor([[2.5, 4.5], [10.5, 12.5]]) / 16
+    torch.testing.assert_close(resize_probs(probs, (2, 2))[0, 0], expected)
+    # a 4x smaller map of a constant stays that constant; enlarging a constant too
+    torch.testing.assert_close(resize_probs(torch.full((1, 2, 8, 12), 0.25), (2, 3)), torch.full((1, 2, 2, 3), 0.25))
+    torch.testing.assert_close(resize_probs(torch.full((1, 1, 2, 3), 0.5), (5, 7)), torch.full((1, 1, 5, 7), 0.5))
+    assert resize_probs(probs, (4, 4)) is probs
+
+
+def test_model_pads_to_its_stride_and_crops_back():
+    from segfold.models import create_model
+
+    model = create_model("Unet", encoder_name="test_resnet", encoder_weights=None, classes=2).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 45, 61)).shape == (1, 2, 45, 61)  # 45x61 is no multiple of 32
+
+
+def _write_experiment(tmp_path, folds=(0, 1), aux=True):
+    """A 2-image test set (40x56 PNGs) and two trained-looking fold checkpoints of a tiny Unet."""
+    import cv2
+    import yaml
+
+    from segfold.config import validate_config
+    from segfold.models import build_model
+
+    root = tmp_path / "data"
+    (root / "test_images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("t1.png", "t2.png"):
+        cv2.imwrite(str(root / "test_images" / name), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    (root / "sample_submission.csv").write_text(
+        "ImageId,ClassId,EncodedPixels\n" + "".join(f"{i},{c},\n" for i in ("t2.png", "t1.png") for c in "12"))
+    raw = {
+        "experiment": {"name": "pred", "output_root": str(tmp_path / "out")},
+        "data": {"root": str(root), "classes": ["1", "2"]},
+        "model": {"arch": "Unet", "encoder_name": "test_resnet", "encoder_weights": None, "aux": aux,
+                  "params": {"decoder_channels": [16, 8, 8, 8, 8]}},
+        "infer": {"device": "cpu", "batch_size": 2},
+    }
+    cfg = validate_config(raw)
+    for fold in folds:
+        torch.manual_seed(fold + 1)
+        model = build_model(cfg.model, 2)
+        (cfg.experiment.output_dir / f"fold{fold}").mkdir(parents=True)
+        torch.save({"model": model.state_dict(), "config": cfg.model_dump(mode="json"), "epoch": 1, "score": 0.5},
+                   cfg.experiment.output_dir / f"fold{fold}" / "best.pt")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return cfg, path
+
+
+def _expected_flips(cfg, image_name):
+    """Mean over folds and the 4 flips of the sigmoids, by hand: cv2 read, normalise, torch.flip."""
+    import cv2
+
+    from segfold.train import load_checkpoint_model
+
+    image = cv2.cvtColor(cv2.imread(str(cfg.data.root_path / "test_images" / image_name)), cv2.COLOR_BGR2RGB)
+    masks, labels = [], []
+    for fold in (0, 1):
+        model, _ = load_checkpoint_model(cfg.experiment.output_dir / f"fold{fold}" / "best.pt", "cpu")
+        mean = torch.tensor(model.pretrained_cfg["mean"])[:, None, None]
+        std = torch.tensor(model.pretrained_cfg["std"])[:, None, None]
+        x = ((torch.from_numpy(image).permute(2, 0, 1).float() / 255 - mean) / std)[None]
+        for dims in ([], [3], [2], [2, 3]):
+            with torch.no_grad():
+                m, l = model(torch.flip(x, dims) if dims else x)
+            masks.append(torch.sigmoid(torch.flip(m, dims) if dims else m))
+            labels.append(torch.sigmoid(l))
+    return torch.stack(masks).mean(0)[0], torch.stack(labels).mean(0)[0]
+
+
+@pytest.mark.slow
+def test_predict_script_averages_folds_and_flips(tmp_path, repo_root, capsys):
+    from segfold.infer.store import ProbStore
+    from test_submission import _load_script
+
+    cfg, path = _write_experiment(tmp_path)
+    script = _load_script(repo_root, "predict")
+    script.main(["--config", str(path), "--folds", "0,1", "--tta", "flips"])
+    store = ProbStore.open(cfg.experiment.output_dir / "test", "test")
+    assert store.image_ids == ["t2.png", "t1.png"]  # the sample submission's order
+    assert store.shape == (2, 2, 40, 56) and store.cls.shape == (2, 2)
+    expected, expected_cls = _expected_flips(cfg, "t1.png")
+    assert np.abs(store.read(1) - expected.numpy()).max() <= 0.5 / 255 + 1e-5
+    np.testing.assert_allclose(store.cls[1], expected_cls.numpy(), atol=1e-5)
+    assert "test store" in capsys.readouterr().out
+
+    # at a submission resolution of half the size, the map is the 2x2 block mean
+    script.main(["--config", str(path), "--tta", "flips", "--set", "data.metric_size=[20,28]"])
+    small = ProbStore.open(cfg.experiment.output_dir / "test", "test")
+    assert small.shape == (2, 2, 20, 28)
+    pooled = torch.nn.functional.avg_pool2d(expected[None], 2)[0].numpy()
+    assert np.abs(small.read(1) - pooled).max() <= 0.5 / 255 + 1e-5
+
+
+def test_predict_reports_missing_folds(tmp_path, repo_root, capsys):
+    from test_submission import _load_script
+
+    _, path = _write_experiment(tmp_path, folds=(0,), aux=False)
+    with pytest.raises(SystemExit):
+        _load_script(repo_root, "predict").main(["--config", str(path), "--folds", "0,3"])
+    assert "fold(s) [3] have no best.pt" in capsys.readouterr().err

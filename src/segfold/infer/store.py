@@ -187,6 +187,19 @@ class ProbStore:
         self.probs[index] = to_uint8(probs)
         self._written[index] = True
 
+    def write_uint8(self, rows: int | Sequence[int] | np.ndarray, values: np.ndarray) -> None:
+        """Store already quantised probabilities (uint8 `round(p * 255)`, e.g. rows of another store)."""
+        self._check_writable()
+        index = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        values = np.asarray(values)
+        if values.dtype != np.uint8:
+            raise ValueError(f"write_uint8 takes uint8 values, got {values.dtype}; use write() for probabilities")
+        values = values[None] if np.ndim(rows) == 0 else values
+        if values.shape != (len(index), *self.shape[1:]):
+            raise ValueError(f"ProbStore.write_uint8: shape {values.shape}, expected {(len(index), *self.shape[1:])}")
+        self.probs[index] = values
+        self._written[index] = True
+
     def write_cls(self, rows: int | Sequence[int] | np.ndarray, probs: np.ndarray) -> None:
         """Store aux-head class probabilities `(n, C)` at `rows` (creates `<name>.cls.npy` on finalize)."""
         self._check_writable()

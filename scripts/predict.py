@@ -1,0 +1,46 @@
+"""Predict the test images with the trained folds and test-time augmentation.
+
+Usage: `python scripts/predict.py --config C [--folds 0,1,2,3,4] [--tta flips|d4|none] [--scales 0.75 1.25]`.
+
+Averages the folds' probabilities (each fold's TTA copies merged as probabilities), tiles images
+larger than `infer.tile_size`, and writes the uint8 store `outputs/<exp>/test/test.*` at the
+submission resolution (`data.metric_size`, else the images' size).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from segfold.cli import add_config_arguments, config_from_args, script_main
+from segfold.errors import ConfigError
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    """`"0,1,2"` -> [0, 1, 2]; None or "all" -> None (every fold with a checkpoint)."""
+    if text is None or text.strip().lower() == "all":
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--folds '{text}': expected fold numbers separated by commas (0,1,2) or 'all'") from None
+
+
+@script_main
+def main(argv: list[str] | None = None) -> None:
+    parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--folds", default=None, help="folds to average, e.g. 0,1,2 (default infer.folds, else all)")
+    parser.add_argument("--tta", choices=["none", "hflip", "vflip", "flips", "d4"], default=None,
+                        help="test-time augmentation (default infer.tta)")
+    parser.add_argument("--scales", type=float, nargs="+", default=None, help="multi-scale TTA factors, e.g. 0.75 1.25")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+
+    from segfold.infer.predict import predict_test
+
+    store = predict_test(cfg, folds=parse_folds(args.folds), tta=args.tta, scales=args.scales)
+    extra = " and aux-head class probabilities" if store.cls is not None else ""
+    print(f"test store: {store.folder / store.name}.* {list(store.shape)}{extra}")
+
+
+if __name__ == "__main__":
+    main()
