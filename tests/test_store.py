@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from segfold.errors import DataError
@@ -99,3 +100,84 @@ def test_truncated_store_is_reported(tmp_path):
     (tmp_path / "oof.u8").write_bytes(b"\0" * 5)
     with pytest.raises(DataError, match="5 bytes, expected 8"):
         ProbStore.open(tmp_path, "oof")
+
+
+def _oof_experiment(tmp_path):
+    """Six 4x4 training images in 3 folds; folds 0 and 2 have OOF stores, fold 1 has none."""
+    import cv2
+    import yaml
+
+    from segfold.config import validate_config
+
+    root = tmp_path / "data"
+    (root / "train_images").mkdir(parents=True)
+    for name in "abcdef":
+        cv2.imwrite(str(root / "train_images" / f"{name}.png"), np.full((4, 4, 3), 40 * "abcdef".index(name), np.uint8))
+    # a/1: the top row, column-major pixels 1, 5, 9, 13; c/2: (row 3, col 0) and (row 3, col 1) = pixels 4 and 8
+    (root / "train.csv").write_text("ImageId,ClassId,EncodedPixels\na.png,1,1 1 5 1 9 1 13 1\nc.png,2,4 1 8 1\n")
+    raw = {"experiment": {"name": "oofexp", "output_root": str(tmp_path / "out")},
+           "data": {"root": str(root), "classes": ["1", "2"], "folds": {"n_folds": 3, "method": "kfold"}},
+           "model": {"arch": "Unet", "encoder_name": "test_resnet"}}
+    cfg = validate_config(raw)
+    out = cfg.experiment.output_dir
+    out.mkdir(parents=True)
+    (out / "folds.csv").write_text("ImageId,fold\nd.png,2\na.png,0\ne.png,1\nc.png,2\nb.png,0\nf.png,1\n")
+    fold0 = ProbStore.create(out / "fold0", "oof", ["b.png", "a.png"], ["1", "2"], 4, 4)
+    probs = np.zeros((2, 2, 4, 4), dtype=np.float32)
+    probs[1, 0, 0, :] = 0.9  # a/1: the top row ...
+    probs[1, 0, 1, 0] = 0.8  # ... and one more pixel: Dice 2 * 4 / (4 + 5) = 8/9
+    fold0.write([0, 1], probs)
+    fold0.write_cls([0, 1], np.array([[0.1, 0.2], [0.9, 0.3]]))
+    fold0.finalize()
+    fold2 = ProbStore.create(out / "fold2", "oof", ["c.png", "d.png"], ["1", "2"], 4, 4)
+    probs = np.zeros((2, 2, 4, 4), dtype=np.float32)
+    probs[0, 1] = 0.4  # c/2 below 0.5: predicted empty against 2 true pixels, Dice 0
+    probs[1, 0, 2, 2] = 0.6  # d/1: one pixel against an empty truth, Dice 0
+    fold2.write([0, 1], probs)
+    fold2.write_cls([0, 1], np.array([[0.5, 0.5], [0.5, 0.5]]))
+    fold2.finalize()
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return cfg, path
+
+
+def test_oof_gathers_existing_folds_and_scores(tmp_path, repo_root, capsys):
+    from test_submission import _load_script
+
+    cfg, path = _oof_experiment(tmp_path)
+    result = _load_script(repo_root, "oof").main(["--config", str(path)])
+    oof = ProbStore.open(cfg.experiment.output_dir / "oof", "oof")
+    assert oof.image_ids == ["d.png", "a.png", "c.png", "b.png"]  # folds.csv order, fold 1 left out
+    assert oof.probs[1, 0, 0, 0] == 230  # round(0.9 * 255) = round(229.5) = 230 (half to even), copied as is
+    np.testing.assert_allclose(oof.cls[1], [0.9, 0.3])
+    # pairs (class 1, class 2): a (8/9, 1), b (1, 1), c (1, 0), d (0, 1) -> mean (5 + 8/9) / 8 = 53/72
+    assert result["score"] == pytest.approx(53 / 72)
+    assert result["class_dice"] == pytest.approx({"1": (8 / 9 + 1 + 1 + 0) / 4, "2": 3 / 4})
+    assert (result["folds"], result["missing_folds"]) == ([0, 2], [1])
+    printed = capsys.readouterr().out
+    assert "missing folds: [1]" in printed and "OOF dice_pairs = 0.73611" in printed
+    scores = pd.read_csv(cfg.experiment.output_dir / "oof" / "oof_scores.csv", dtype={"ImageId": str})
+    assert scores.set_index("ImageId")["score"].to_dict() == pytest.approx(
+        {"d.png": 0.5, "a.png": 17 / 18, "c.png": 0.5, "b.png": 1.0})
+
+    # the worst image is d (0.5, first in the file), the best b (1.0)
+    written = _load_script(repo_root, "visualize").main(["--config", str(path), "--count", "1"])
+    assert [p.name for p in written] == ["worst_01_d.png", "best_01_b.png"]
+    for png in written:
+        import cv2
+
+        picture = cv2.imread(str(png))
+        assert picture is not None and picture.shape[0] > 50 and picture.std() > 0
+
+
+def test_oof_without_any_fold_is_an_error(tmp_path, repo_root, capsys):
+    from test_submission import _load_script
+
+    cfg, path = _oof_experiment(tmp_path)
+    import shutil
+
+    for k in (0, 2):
+        shutil.rmtree(cfg.experiment.output_dir / f"fold{k}")
+    with pytest.raises(SystemExit):
+        _load_script(repo_root, "oof").main(["--config", str(path)])
+    assert "no fold of" in capsys.readouterr().err

@@ -35,12 +35,11 @@ SCORES_FILE = "oof_scores.csv"
 
 def expected_folds(cfg: Config) -> tuple[list[int], list[str] | None]:
     """The fold numbers of the experiment and the training image order (None when there is no folds file)."""
-    try:
-        from segfold.data.folds import load_folds
+    from segfold.data.folds import folds_path, load_folds
 
-        folds = load_folds(cfg)
-    except (ImportError, FileNotFoundError, DataError):
+    if not folds_path(cfg).is_file():  # NOTE never make new folds here: they must be the ones trained on
         return list(range(cfg.data.folds.n_folds)), None
+    folds = load_folds(cfg, create=False)
     return sorted(int(k) for k in folds["fold"].unique()), folds["ImageId"].astype(str).tolist()
 
 
