@@ -223,6 +223,8 @@ def test_cached_pretrained_weights_are_used(empty_caches, monkeypatch) -> None:
     save_file(classifier.state_dict(), str(repo / "snapshots" / commit / "model.safetensors"))
     encoder = get_encoder("test_resnet", weights="imagenet")
     torch.testing.assert_close(_first_conv(encoder), classifier.conv1[0].weight)
+    tagged = get_encoder("test_resnet", in_channels=1, weights="r160_in1k")  # the same file by its timm tag
+    torch.testing.assert_close(_first_conv(tagged), classifier.conv1[0].weight.sum(dim=1, keepdim=True))
     with pytest.raises(WeightsError, match="tags"):
         get_encoder("test_resnet", weights="no_such_tag")
 
@@ -325,3 +327,33 @@ def test_vit_encoder_options(tmp_path) -> None:
         get_vit_encoder("test_vit", out_indices=[7])
     with pytest.raises(ValueError, match="not a plain ViT"):
         get_vit_encoder("test_resnet")
+
+
+def test_channels_last_features_become_nchw() -> None:
+    # timm's MambaOut gives (N, H, W, C) features starting at stride 4
+    reference = timm.create_model("test_mambaout", features_only=True).eval()
+    channels = reference.feature_info.channels()
+    encoder = get_encoder("test_mambaout").eval()
+    encoder.model.load_state_dict(reference.state_dict())
+    assert encoder.out_channels == [3, 0, *channels]
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        features = encoder(x)
+        expected = [f.permute(0, 3, 1, 2) for f in reference(x)]  # NHWC -> NCHW
+    assert shapes(features) == [
+        (1, c, SIZE // r, SIZE // r) for c, r in zip(encoder.out_channels, [1, 2, 4, 8, 16, 32], strict=True)
+    ]
+    for got, want in zip(features[2:], expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.slow
+def test_every_alias_target_supports_features_only() -> None:
+    # built on the meta device: structure only, no memory or time for the big ones (~10 s for all)
+    bad = {}
+    for target in sorted(set(ENCODER_ALIASES.values())):
+        with torch.device("meta"):
+            reductions = timm.create_model(target, features_only=True).feature_info.reduction()
+        if not {4, 8, 16, 32} <= set(reductions):
+            bad[target] = reductions
+    assert bad == {}

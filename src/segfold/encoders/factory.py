@@ -129,7 +129,7 @@ def _with_weights(
     if not hub_reachable(download_url(cfg)):
         raise offline_error(name, cfg)
     try:
-        return build(pretrained=True, pretrained_cfg_overlay={"tag": cfg.tag} if cfg.tag else None)
+        return build(pretrained=True, pretrained_cfg=cfg.tag)
     except Exception as error:  # noqa: BLE001 - network and hub errors of every kind
         raise WeightsError(f"downloading pretrained weights for encoder {name!r} failed: {error}") from error
 
@@ -139,10 +139,9 @@ def _from_timm_state_dict(
 ) -> nn.Module:
     """Let timm load a classifier state dict: its checkpoint filter, in_chans adaptation and head removal apply."""
     overlay: dict[str, Any] = {"state_dict": state_dict, "source": "timm"}
-    if tag:
-        overlay["tag"] = tag
     try:
-        return build(pretrained=True, pretrained_cfg_overlay=overlay)
+        # `pretrained_cfg=tag` picks that tag's config (input size, first conv, filter); the overlay the tensors.
+        return build(pretrained=True, pretrained_cfg=tag, pretrained_cfg_overlay=overlay)
     except RuntimeError as error:
         detail = " ".join(str(error).split())
         if len(detail) > 1500:
