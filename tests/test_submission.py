@@ -32,6 +32,8 @@ def _masks_for(table):
 
 def test_layouts_are_read_from_the_header():
     assert detect_layout(["ImageId", "ClassId", "EncodedPixels"]).kind == "columns"
+    columns = detect_layout(["ClassId", "EncodedPixels", "ImageId"])
+    assert (columns.kind, columns.id_column, columns.class_column) == ("columns", "ImageId", "ClassId")
     assert detect_layout(["ImageId_ClassId", "EncodedPixels"]).kind == "joined"
     assert detect_layout(["Image_Label", "EncodedPixels"]).kind == "joined"
     siim = detect_layout(["ImageId", "EncodedPixels"], encoded=["-1", "-1"])
@@ -46,6 +48,8 @@ def test_layouts_are_read_from_the_header():
         (["ImageId", "ClassId", "EncodedPixels"], [["a.jpg", "1", ""], ["a.jpg", "2", ""], ["b.jpg", "1", ""],
                                                    ["b.jpg", "2", ""]], ["1", "2"], False,
          ["", ABSOLUTE, ABSOLUTE, ""]),
+        (["ImageId", "EncodedPixels", "ClassId"], [["b.jpg", "", "1"], ["a.jpg", "", "2"]], ["1", "2"], False,
+         [ABSOLUTE, ABSOLUTE]),
         (["ImageId_ClassId", "EncodedPixels"], [["b.jpg_2", ""], ["b.jpg_1", ""], ["a.jpg_1", ""], ["a.jpg_2", ""]],
          ["1", "2"], False, ["", ABSOLUTE, "", ABSOLUTE]),
         (["Image_Label", "EncodedPixels"], [["a.jpg_Fish", ""], ["a.jpg_Sugar", ""], ["b.jpg_Fish", ""],

@@ -42,15 +42,19 @@ class Layout:
     """How a competition's submission names its rows.
 
     Attributes:
-        header: the column names, in order.
+        header: the column names, in the sample's order.
         kind: "columns" (image and class in two columns), "joined" (`<image>_<class>` in one) or
             "image" (one row per image, one class).
+        id_column: the column with the image id (or `<image>_<class>` for "joined").
+        class_column: the class column of "columns", else None.
         relative: SIIM-style relative RLE with `-1` for an empty mask.
         order: pixel numbering, "F" (column-major, Kaggle's) or "C".
     """
 
     header: tuple[str, ...]
     kind: str
+    id_column: str
+    class_column: str | None = None
     relative: bool = False
     order: str = "F"
 
@@ -58,14 +62,6 @@ class Layout:
     def empty(self) -> str:
         """The EncodedPixels of an empty mask."""
         return "-1" if self.relative else ""
-
-    def key(self, image_id: str, class_name: str) -> str:
-        """The row key of an (image, class) pair (the first column; image and class for "columns")."""
-        if self.kind == "joined":
-            return f"{image_id}_{class_name}"
-        if self.kind == "columns":
-            return f"{image_id}\t{class_name}"
-        return image_id
 
     def encode(self, mask: np.ndarray) -> str:
         return rle.encode_relative(mask, self.order) if self.relative else rle.encode(mask, self.order)
@@ -84,7 +80,7 @@ def read_csv_strings(path: str | os.PathLike) -> pd.DataFrame:
 
 def detect_layout(header: Sequence[str], relative: bool | None = None, encoded: Iterable[str] = (),
                   order: str = "F") -> Layout:
-    """The layout named by a sample submission's header.
+    """The layout named by a sample submission's header (the EncodedPixels column may be anywhere).
 
     Args:
         header: the column names of `sample_submission.csv`.
@@ -92,25 +88,26 @@ def detect_layout(header: Sequence[str], relative: bool | None = None, encoded: 
         encoded: the sample's EncodedPixels cells (for the `-1` check).
         order: RLE pixel order ("F" or "C").
     """
-    header = tuple(header)
+    header = tuple(str(c) for c in header)
     if relative is None:
         relative = any(str(cell).strip() == "-1" for cell in encoded)
-    if len(header) == 3 and header[2] == ENCODED:
-        return Layout(header, "columns", relative, order)
-    if len(header) == 2 and header[1] == ENCODED:
-        kind = "joined" if "_" in header[0] and header[0] not in ("ImageId", "Image") else "image"
-        return Layout(header, kind, relative, order)
+    others = [c for c in header if c != ENCODED]
+    if ENCODED in header and len(header) == 3 and len(others) == 2:
+        image = next((c for c in others if c.lower().startswith("image")), others[0])
+        return Layout(header, "columns", image, next(c for c in others if c != image), relative, order)
+    if ENCODED in header and len(header) == 2:
+        joined = "_" in others[0] and others[0] not in ("ImageId", "Image")
+        return Layout(header, "joined" if joined else "image", others[0], None, relative, order)
     raise DataError(f"sample submission header {','.join(header)} is not a known layout: expected "
                     "ImageId,ClassId,EncodedPixels / ImageId_ClassId,EncodedPixels / Image_Label,EncodedPixels "
-                    "/ ImageId,EncodedPixels")
+                    "/ ImageId,EncodedPixels (in any column order)")
 
 
 def row_pairs(frame: pd.DataFrame, layout: Layout, classes: Sequence[str], source: str) -> list[tuple[str, str]]:
     """The (image id, class name) of every row of a frame in `layout`; DataError names a bad row."""
-    first = frame[layout.header[0]].tolist()
+    first = frame[layout.id_column].tolist()
     if layout.kind == "columns":
-        second = frame[layout.header[1]].tolist()
-        pairs = list(zip(first, second, strict=True))
+        pairs = list(zip(first, frame[layout.class_column].tolist(), strict=True))
     elif layout.kind == "image":
         if len(classes) != 1:
             raise DataError(f"{source}: one row per image fits a one-class competition, but data.classes has "
@@ -121,7 +118,7 @@ def row_pairs(frame: pd.DataFrame, layout: Layout, classes: Sequence[str], sourc
     known = set(classes)
     for row, (_, class_name) in enumerate(pairs):
         if class_name not in known:
-            raise DataError(f"{source} row {row + 2}: class {class_name!r} ({layout.header[0]}={first[row]!r}) "
+            raise DataError(f"{source} row {row + 2}: class {class_name!r} ({layout.id_column}={first[row]!r}) "
                             f"is not in data.classes ({', '.join(classes)})")
     return pairs  # type: ignore[return-value]
 
