@@ -1,1 +1,57 @@
-"""segfold.metrics"""
+"""Pixel metrics from confusion counts (`get_stats` + pure metric functions) and competition scores."""
+
+from segfold.metrics.competition import (
+    dice_image,
+    dice_pairs,
+    get_competition_score,
+    list_competition_scores,
+    mean_score,
+    tgs_iou_precision,
+)
+from segfold.metrics.scores import (
+    accuracy,
+    balanced_accuracy,
+    f1_score,
+    false_discovery_rate,
+    false_negative_rate,
+    false_omission_rate,
+    false_positive_rate,
+    fbeta_score,
+    iou_score,
+    negative_likelihood_ratio,
+    negative_predictive_value,
+    positive_likelihood_ratio,
+    positive_predictive_value,
+    precision,
+    recall,
+    sensitivity,
+    specificity,
+)
+from segfold.metrics.stats import get_stats
+
+__all__ = [
+    "accuracy",
+    "balanced_accuracy",
+    "dice_image",
+    "dice_pairs",
+    "f1_score",
+    "false_discovery_rate",
+    "false_negative_rate",
+    "false_omission_rate",
+    "false_positive_rate",
+    "fbeta_score",
+    "get_competition_score",
+    "get_stats",
+    "iou_score",
+    "list_competition_scores",
+    "mean_score",
+    "negative_likelihood_ratio",
+    "negative_predictive_value",
+    "positive_likelihood_ratio",
+    "positive_predictive_value",
+    "precision",
+    "recall",
+    "sensitivity",
+    "specificity",
+    "tgs_iou_precision",
+]
