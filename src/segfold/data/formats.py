@@ -28,6 +28,14 @@ from segfold.data.images import (
 from segfold.errors import DataError
 
 SPLIT_FOLDERS = {"train": "train_images", "test": "test_images"}
+
+
+class MaskSizeError(DataError):
+    """A mask file whose size differs from its image's."""
+
+    def __init__(self, image_id: str, mask_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
+        self.item = f"{image_id} (mask {mask_shape[0]}x{mask_shape[1]}, image {image_shape[0]}x{image_shape[1]})"
+        super().__init__(f"mask of {self.item} differs in size from its image")
 _UNLISTED = np.iinfo(np.uint16).max
 
 
@@ -112,7 +120,10 @@ class Annotations:
         cfg, row = self.data_cfg, self.index(image_id)
         height, width = (int(v) for v in self.shapes[row])
         if cfg.format == "png_index":
-            return _index_map_to_mask(cfg, read_label_png(mask_path(cfg, image_id)), image_id)
+            values = read_label_png(mask_path(cfg, image_id))
+            if values.shape[:2] != (height, width):
+                raise MaskSizeError(image_id, values.shape, (height, width))
+            return _index_map_to_mask(cfg, values, image_id)
         if self.rles is not None:
             decode = rle_codec.decode_relative if cfg.relative_rle else rle_codec.decode
             channels = np.zeros((len(cfg.classes), height, width), dtype=np.uint8)
@@ -120,8 +131,12 @@ class Annotations:
                 for text in strings:
                     channels[c] |= decode(text, (height, width), order=cfg.rle_order)
         else:
-            channels = np.stack([read_label_png(mask_path(cfg, image_id, name if len(cfg.classes) > 1 else None))
-                                 for name in cfg.classes]).astype(bool).astype(np.uint8)
+            channels = np.zeros((len(cfg.classes), height, width), dtype=np.uint8)
+            for c, name in enumerate(cfg.classes):
+                values = read_label_png(mask_path(cfg, image_id, name if len(cfg.classes) > 1 else None))
+                if values.shape[:2] != (height, width):
+                    raise MaskSizeError(image_id, values.shape, (height, width))
+                channels[c] = values.reshape(height, width, -1).any(axis=2)
         if cfg.mode != "multiclass":
             return channels
         labels = np.full((height, width), cfg.classes.index(cfg.background), dtype=np.uint8)
@@ -159,10 +174,10 @@ def _areas_from_masks(annotations: Annotations) -> np.ndarray:
     areas = np.zeros((len(annotations), n_classes), dtype=np.int64)
     wrong = []
     for i, image_id in enumerate(annotations.image_ids):
-        mask = annotations.mask(image_id)
-        if mask.shape[-2:] != tuple(annotations.shapes[i]):
-            wrong.append(f"{image_id} (mask {mask.shape[-2]}x{mask.shape[-1]}, "
-                         f"image {annotations.shapes[i][0]}x{annotations.shapes[i][1]})")
+        try:
+            mask = annotations.mask(image_id)
+        except MaskSizeError as exc:
+            wrong.append(exc.item)
             continue
         if mask.ndim == 3:
             areas[i] = mask.reshape(n_classes, -1).sum(axis=1)
