@@ -5,6 +5,10 @@ STARTER (owned by inference / post-processing): extend freely; keep these field 
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
 from segfold.config.base import StrictModel
 
 
@@ -12,5 +16,89 @@ class InferConfig(StrictModel):
     tta: str = "flips"
 
 
+RULE_KEYS = ("threshold", "min_area", "area_mode", "top", "min_count", "cls_threshold")
+
+
+class ClassRuleOverride(StrictModel):
+    """Per-class overrides of the post-processing rules (`postprocess.per_class.<name>`); unset keys inherit."""
+
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    min_area: int | None = Field(None, ge=0)
+    area_mode: Literal["total", "component"] | None = None
+    top: float | None = Field(None, ge=0.0, le=1.0)
+    min_count: int | None = Field(None, ge=0)
+    cls_threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class ThresholdTuneConfig(StrictModel):
+    """How `scripts/tune_thresholds.py` searches the post-processing parameters on the OOF."""
+
+    metric: Literal["dice_pairs", "dice_image", "tgs_iou"] | None = Field(
+        None, description="competition score to maximise; null = data.metric (dice_pairs when unset)")
+    empty_score: float | None = Field(None, ge=0.0, le=1.0,
+                                      description="Dice of an empty prediction on an empty truth; null = 1.0")
+    thresholds: list[float] = Field([round(0.01 * i, 2) for i in range(1, 100)], min_length=1,
+                                    description="probability thresholds of the exact grid search")
+    min_areas: list[int] | None = Field(
+        None, description="minimum total areas of the grid; null = 0 and 19 sizes from 1e-4 to 5e-2 of the image")
+    rounds: int = Field(3, ge=1, description="coordinate-wise passes over the classes when the score does not "
+                                             "separate by class (dice_image, tgs_iou, at_least_one)")
+    optuna_trials: int = Field(60, ge=0, description="TPE trials per class for triplet, component-area and "
+                                                      "classifier-gate rules; 0 = grid only")
+    component_search: bool = Field(True, description="let Optuna try per-component minimum areas")
+    max_images: int = Field(1000, ge=1, description="Optuna scores trials on a seeded sub-sample of this many "
+                                                    "OOF images (all of them when fewer)")
+    chunk_images: int = Field(16, ge=1, description="images read at once from the OOF store")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _check_thresholds(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 <= t <= 1.0 for t in value):
+            raise ValueError("thresholds must lie in [0, 1], e.g. [0.3, 0.4, 0.5]")
+        return sorted(set(value))
+
+    @field_validator("min_areas")
+    @classmethod
+    def _check_areas(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) < 0):
+            raise ValueError("min_areas must be a non-empty list of pixel counts >= 0, or null for the default")
+        return sorted(set(value)) if value is not None else None
+
+
 class PostprocessConfig(StrictModel):
-    threshold: float = 0.5
+    """From probabilities to binary masks: the rules of `segfold.infer.postprocess.apply_postprocess`.
+
+    The top-level rule keys are the defaults of every class; `per_class` overrides them by class name::
+
+        postprocess:
+          threshold: 0.5
+          min_area: 600
+          per_class: {"3": {threshold: 0.55, min_area: 1200}}
+
+    Per class, in order: the classifier gate (`cls_threshold`: empty unless the aux-head probability
+    exceeds it), the triplet rule (`top`: empty when fewer than `min_count` pixels exceed `top`), the
+    binarisation (`p > threshold`), then the minimum area (`area_mode` total: the mask is empty when
+    it has fewer than `min_area` pixels; component: connected components smaller than `min_area` are
+    removed). `one_class_per_pixel` keeps only the argmax class of each pixel; `at_least_one` forces
+    the best class positive when every class came out empty.
+    """
+
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="pixel is positive when its probability exceeds it")
+    min_area: int = Field(0, ge=0, description="minimum area in pixels (see area_mode)")
+    area_mode: Literal["total", "component"] = "total"
+    top: float | None = Field(None, ge=0.0, le=1.0, description="triplet rule: high threshold; null = off")
+    min_count: int = Field(0, ge=0, description="triplet rule: pixels that must exceed `top`")
+    cls_threshold: float | None = Field(None, ge=0.0, le=1.0,
+                                        description="empty unless the class probability exceeds it; null = off")
+    per_class: dict[str, ClassRuleOverride] = Field({}, description="overrides by class name")
+    at_least_one: bool = Field(False, description="force the best class positive when all are empty (Clouds)")
+    one_class_per_pixel: bool = Field(False, description="keep only the argmax class of each pixel")
+    tune: ThresholdTuneConfig = ThresholdTuneConfig()
+
+    @field_validator("per_class", mode="before")
+    @classmethod
+    def _string_keys(cls, value: Any) -> Any:
+        # NOTE: YAML reads `per_class: {1: {...}}` with int keys; class names are strings.
+        if isinstance(value, dict):
+            return {str(key): item for key, item in value.items()}
+        return value

@@ -1,0 +1,156 @@
+"""Threshold search on the OOF: `tune_thresholds(cfg)` writes `outputs/<exp>/thresholds.json`.
+
+1. One read of the OOF makes per-image histograms (`segfold.infer.histsearch`).
+2. Exact grid of thresholds x total minimum areas per class (`postprocess.tune.thresholds`,
+   `min_areas`): separately per class under `dice_pairs`, coordinate-wise otherwise.
+3. Optuna (`segfold.infer.optsearch`) per class for the triplet rule, per-component minimum areas and
+   the classifier gate, on a seeded sub-sample of at most `tune.max_images` images; a rule it finds is
+   kept only when it also beats the current one on the whole OOF.
+4. The OOF score of the config's rules (before) and of the tuned ones (after), both exact, go into
+   `thresholds.json` with the rules; `threshold_curves.png` plots score against threshold per class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from segfold.infer.components import ComponentCache
+from segfold.infer.histsearch import GridResult, Histograms, class_scores, collect_histograms, evaluate, grid_search
+from segfold.infer.optsearch import refine_class
+from segfold.infer.postprocess import THRESHOLDS_FILE, PostprocessParams, save_thresholds
+from segfold.infer.sources import OofSource, make_truth_reader, open_oof
+from segfold.io import atomic_path
+
+if TYPE_CHECKING:
+    from segfold.config import Config
+
+
+def resolve_metric(cfg: Config) -> tuple[str, float]:
+    """The score to maximise and the Dice of empty-on-empty: `postprocess.tune`, else `data`, else defaults."""
+    tune = cfg.postprocess.tune
+    metric = tune.metric or getattr(cfg.data, "metric", None) or "dice_pairs"
+    empty = tune.empty_score if tune.empty_score is not None else getattr(cfg.data, "empty_score", 1.0)
+    return str(metric), float(empty)
+
+
+def default_min_areas(height: int, width: int, count: int = 20) -> list[int]:
+    """0 and `count - 1` areas from 1e-4 to 5e-2 of the image, geometrically spaced (pixels, unique)."""
+    sizes = np.geomspace(1e-4, 5e-2, count - 1) * height * width
+    return sorted({0, *(int(round(s)) for s in sizes if round(s) >= 1)})
+
+
+def plot_curves(grid: GridResult, classes: list[str], path: str | Path, ylabel: str) -> Path:
+    """`threshold_curves.png`: per class, the best score over the minimum areas at each threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, table, rule in zip(classes, grid.tables, grid.params.rules, strict=True):
+        line = ax.plot(grid.thresholds, table.max(axis=1), label=f"{name} (t={rule.threshold:g}, "
+                                                                  f"min_area={rule.min_area})")[0]
+        ax.axvline(rule.threshold, color=line.get_color(), linestyle=":", linewidth=0.8)
+    ax.set_xlabel("probability threshold")
+    ax.set_ylabel(ylabel)
+    ax.set_title("OOF score against threshold (best minimum area at each)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: float, source: OofSource,
+            truth_fn: Callable[[str], np.ndarray], cfg: Config, components: ComponentCache,
+            max_area: int, log: Callable[[str], None]) -> tuple[PostprocessParams, dict[str, Any]]:
+    """Step 3: Optuna per class on a sub-sample, each winner confirmed on the whole OOF."""
+    tune = cfg.postprocess.tune
+    num = hist.num_images
+    if num > tune.max_images:
+        rows = np.sort(np.random.default_rng(cfg.experiment.seed).choice(num, tune.max_images, replace=False))
+        sub_hist = hist.subset(rows)
+        sub_components = ComponentCache(source, truth_fn, rows, params.one_class_per_pixel)
+    else:
+        rows, sub_hist, sub_components = None, hist, components
+    current = evaluate(hist, params, metric, empty, components)
+    info: dict[str, Any] = {"trials_per_class": tune.optuna_trials, "seed": cfg.experiment.seed,
+                            "images_scored": sub_hist.num_images, "sampled": rows is not None, "kept": []}
+    for c, name in enumerate(params.classes):
+        rule, sub_score, _ = refine_class(
+            sub_hist, params, c, metric, empty, tune.optuna_trials, cfg.experiment.seed + c, max_area,
+            components=sub_components if tune.component_search else None)
+        if rule == params.rules[c] or sub_score <= evaluate(sub_hist, params, metric, empty, sub_components) + 1e-12:
+            continue
+        candidate = params.with_rule(c, rule)
+        score = evaluate(hist, candidate, metric, empty, components)
+        if score > current + 1e-12:
+            log(f"  optuna: {name}: {rule} -> OOF score {score:.5f} (was {current:.5f})")
+            params, current = candidate, score
+            info["kept"].append(name)
+        else:
+            log(f"  optuna: {name}: {rule} won on the sub-sample but not on the whole OOF; not kept")
+    return params, info
+
+
+def tune_thresholds(cfg: Config, source: OofSource | None = None,
+                    truth_fn: Callable[[str], np.ndarray] | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Search the post-processing rules on the OOF and write `thresholds.json` and `threshold_curves.png`.
+
+    Args:
+        cfg: the experiment config (`postprocess` gives the starting rules and `postprocess.tune` the search).
+        source: the OOF (default: `open_oof(cfg.experiment.output_dir)`).
+        truth_fn: `image_id -> (C, H, W)` true masks at the OOF's resolution (default: the training annotations).
+        log: where progress lines go.
+
+    Returns:
+        A summary: `params`, `score_before`, `score_after`, `metric`, `method`, `path`, `curves`.
+    """
+    out_dir = Path(cfg.experiment.output_dir)
+    source = source if source is not None else open_oof(out_dir)
+    num, _, height, width = source.shape
+    truth_fn = truth_fn if truth_fn is not None else make_truth_reader(cfg.data, source.classes, height, width)
+    metric, empty = resolve_metric(cfg)
+    tune = cfg.postprocess.tune
+    start = PostprocessParams.from_config(cfg.postprocess, source.classes)
+    log(f"tuning post-processing of {num} OOF images ({source.label}) for {metric}")
+
+    hist = collect_histograms(source, truth_fn, start.one_class_per_pixel)
+    components = ComponentCache(source, truth_fn, None, start.one_class_per_pixel)
+    before = evaluate(hist, start, metric, empty, components)
+    log(f"  config rules: {before:.5f}")
+
+    min_areas = tune.min_areas if tune.min_areas is not None else default_min_areas(height, width)
+    grid = grid_search(hist, start.total_area(), metric, tune.thresholds, min_areas, empty, tune.rounds)
+    log(f"  grid ({len(tune.thresholds)} thresholds x {len(min_areas)} areas, {grid.method}): {grid.score:.5f}")
+    params, optuna_info = grid.params, None
+    if tune.optuna_trials > 0:
+        params, optuna_info = _refine(hist, params, metric, empty, source, truth_fn, cfg, components,
+                                      max(min_areas), log)
+    after = evaluate(hist, params, metric, empty, components)
+    if after < before:
+        log("  the config's rules score higher than every rule found; keeping them")
+        params, after = start, before
+
+    info: dict[str, Any] = {
+        "metric": metric, "empty_score": empty, "score_before": before, "score_after": after,
+        "method": grid.method, "images": num, "source": source.label, "optuna": optuna_info,
+        "class_dice_before": dict(zip(source.classes, class_scores(hist, start, empty, components).tolist(),
+                                      strict=True)),
+        "class_dice_after": dict(zip(source.classes, class_scores(hist, params, empty, components).tolist(),
+                                     strict=True)),
+    }
+    path = save_thresholds(out_dir / THRESHOLDS_FILE, params, **info)
+    ylabel = "class mean Dice" if grid.method.startswith("exact") else f"{metric} (others held)"
+    curves = plot_curves(grid, source.classes, out_dir / "threshold_curves.png", ylabel)
+    log(params.describe())
+    log(f"OOF {metric}: {before:.5f} (config) -> {after:.5f} (tuned); wrote {path} and {curves}")
+    return {"params": params, "score_before": before, "score_after": after, "metric": metric,
+            "method": grid.method, "path": path, "curves": curves, "grid": grid}

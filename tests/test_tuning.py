@@ -1,0 +1,226 @@
+"""Threshold search: the histogram route against a brute-force loop scored with segfold.metrics, Optuna
+reproducibility, the OOF sources, and tune_thresholds / scripts/tune_thresholds.py end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from segfold.config import validate_config
+from segfold.errors import DataError
+from segfold.infer import histsearch
+from segfold.infer.components import ComponentCache
+from segfold.infer.histsearch import class_table, collect_histograms, evaluate, grid_search
+from segfold.infer.optsearch import refine_class
+from segfold.infer.postprocess import ClassRules, PostprocessParams, apply_postprocess, load_thresholds
+from segfold.infer.sources import OofSource, fit_mask, open_oof
+from segfold.infer.store import ProbStore
+from segfold.infer.tuning import default_min_areas, tune_thresholds
+from segfold.metrics.competition import dice_image, dice_pairs, tgs_iou_precision
+
+
+def make_oof(folder, n=24, classes=("a", "b"), size=(12, 14), seed=0, with_cls=True, name="oof", start=0):
+    """A store of smooth random probabilities and truth masks that follow them loosely (some images empty)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    noise = rng.random((n, len(classes), height, width)).astype(np.float32)
+    probs = np.stack([[cv2.GaussianBlur(x, (5, 5), 1.5) for x in img] for img in noise])
+    probs = (probs - probs.min()) / (probs.max() - probs.min())
+    ids = [f"img{start + i:03d}" for i in range(n)]
+    present = rng.random((n, len(classes))) < 0.6
+    truth = (rng.random(probs.shape) < probs ** 2) & present[..., None, None]
+    store = ProbStore.create(folder, name, ids, list(classes), height, width)
+    store.write(np.arange(n), probs)
+    if with_cls:
+        store.write_cls(np.arange(n), np.clip(present * 0.5 + rng.random(present.shape) * 0.5, 0, 1))
+    store = store.finalize()
+    return store, {i: t for i, t in zip(ids, truth, strict=True)}
+
+
+def brute_score(store, truth, params, metric):
+    """Apply the rules to every image and score with segfold.metrics.competition (an independent route)."""
+    pred = np.stack([apply_postprocess(store.probs[i], params, None if store.cls is None else store.cls[i])
+                     for i in range(len(store))])
+    true = np.stack([truth[i] for i in store.image_ids]).astype(np.uint8)
+    if metric == "dice_pairs":
+        return dice_pairs(pred, true)
+    return (dice_image if metric == "dice_image" else tgs_iou_precision)(pred[:, 0], true[:, 0])
+
+
+def test_grid_table_equals_brute_force_dice_pairs(tmp_path):
+    store, truth = make_oof(tmp_path, n=16)
+    hist = collect_histograms(OofSource([store]), truth.__getitem__)
+    start = PostprocessParams(("a", "b"), (ClassRules(), ClassRules(top=0.7, min_count=3)))
+    thresholds, areas = [0.2, 0.35, 0.5, 0.5 + 1 / 255, 0.8], [0, 5, 20, 60]
+    for c in range(2):
+        table = class_table(hist, start, c, thresholds, areas, "dice_pairs")
+        brute = np.array([[brute_score(store, truth, start.with_rule(c, replace(start.rules[c], threshold=t,
+                                                                                min_area=a)), "dice_pairs")[:, c].mean()
+                           for a in areas] for t in thresholds])
+        np.testing.assert_allclose(table, brute, rtol=0, atol=1e-12)
+    result = grid_search(hist, start, "dice_pairs", thresholds, areas)
+    assert result.method.startswith("exact")
+    # per class, the first maximum of the brute-force table (threshold-major order)
+    for c in range(2):
+        i, j = np.unravel_index(np.argmax(result.tables[c]), result.tables[c].shape)
+        assert (result.params.rules[c].threshold, result.params.rules[c].min_area) == (thresholds[i], areas[j])
+    assert result.score == pytest.approx(brute_score(store, truth, result.params, "dice_pairs").mean(), abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["dice_image", "tgs_iou"])
+def test_grid_table_equals_brute_force_one_class(tmp_path, metric):
+    store, truth = make_oof(tmp_path, n=20, classes=("x",), seed=3)
+    hist = collect_histograms(OofSource([store]), truth.__getitem__)
+    start = PostprocessParams(("x",), (ClassRules(cls_threshold=0.3),))
+    thresholds, areas = [0.1, 0.3, 0.45, 0.6], [0, 8, 30]
+    table = class_table(hist, start, 0, thresholds, areas, metric)
+    brute = np.array([[brute_score(store, truth, start.with_rule(0, replace(start.rules[0], threshold=t, min_area=a)),
+                                   metric).mean() for a in areas] for t in thresholds])
+    np.testing.assert_allclose(table, brute, rtol=0, atol=1e-12)
+
+
+def test_coordinate_table_with_at_least_one_equals_brute_force(tmp_path):
+    store, truth = make_oof(tmp_path, n=16, seed=5)
+    hist = collect_histograms(OofSource([store]), truth.__getitem__)
+    start = PostprocessParams(("a", "b"), (ClassRules(min_area=40), ClassRules(threshold=0.6)), at_least_one=True)
+    thresholds, areas = [0.3, 0.5, 0.7], [0, 40, 90]
+    table = class_table(hist, start, 1, thresholds, areas, "dice_pairs")  # at_least_one: not separable
+    brute = np.array([[brute_score(store, truth, start.with_rule(1, ClassRules(threshold=t, min_area=a)),
+                                   "dice_pairs").mean() for a in areas] for t in thresholds])
+    np.testing.assert_allclose(table, brute, rtol=0, atol=1e-12)
+    result = grid_search(hist, start, "dice_pairs", thresholds, areas, rounds=3)
+    assert result.method.startswith("coordinate-wise")
+    assert result.score >= evaluate(hist, start, "dice_pairs") - 1e-12
+    assert result.score == pytest.approx(brute_score(store, truth, result.params, "dice_pairs").mean(), abs=1e-12)
+
+
+def test_every_rule_scored_from_histograms_matches_brute_force(tmp_path):
+    store, truth = make_oof(tmp_path, n=12, seed=7)
+    source = OofSource([store])
+    rng = np.random.default_rng(1)
+    for one_class in (False, True):
+        hist = collect_histograms(source, truth.__getitem__, one_class)
+        components = ComponentCache(source, truth.__getitem__, None, one_class)
+        for _ in range(15):
+            rules = tuple(ClassRules(threshold=float(rng.choice([0.3, 0.5, 0.7])), min_area=int(rng.integers(0, 30)),
+                                     area_mode=str(rng.choice(["total", "component"])),
+                                     top=None if rng.random() < 0.5 else float(rng.random()),
+                                     min_count=int(rng.integers(0, 20)),
+                                     cls_threshold=None if rng.random() < 0.5 else float(rng.random()))
+                          for _ in range(2))
+            params = PostprocessParams(("a", "b"), rules, bool(rng.random() < 0.5), one_class)
+            expected = brute_score(store, truth, params, "dice_pairs").mean()
+            assert evaluate(hist, params, "dice_pairs", 1.0, components) == pytest.approx(expected, abs=1e-12)
+
+
+def test_chunked_reading_gives_the_same_histograms(tmp_path, monkeypatch):
+    store, truth = make_oof(tmp_path, n=10)
+    whole = collect_histograms(OofSource([store]), truth.__getitem__)
+    monkeypatch.setattr(histsearch, "PIXEL_BUDGET", 2 * 12 * 14 * 3)  # 3 images per chunk
+    chunked = collect_histograms(OofSource([store]), truth.__getitem__)
+    assert np.array_equal(whole.counts, chunked.counts) and np.array_equal(whole.true_counts, chunked.true_counts)
+    assert whole.counts.sum() == 10 * 2 * 12 * 14  # every pixel counted once
+
+
+def test_optuna_search_is_reproducible_and_never_below_its_start(tmp_path):
+    store, truth = make_oof(tmp_path, n=16, seed=2)
+    source = OofSource([store])
+    hist = collect_histograms(source, truth.__getitem__)
+    components = ComponentCache(source, truth.__getitem__)
+    start = PostprocessParams(("a", "b"), (ClassRules(threshold=0.5), ClassRules(threshold=0.5)))
+    runs = [refine_class(hist, start, 1, "dice_pairs", 1.0, trials=12, seed=4, max_area=50, components=components)
+            for _ in range(2)]
+    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
+    assert [t.params for t in runs[0][2].trials] == [t.params for t in runs[1][2].trials]
+    assert runs[0][1] >= evaluate(hist, start, "dice_pairs") - 1e-12  # the start is the first trial
+    best = start.with_rule(1, runs[0][0])
+    assert runs[0][1] == pytest.approx(brute_score(store, truth, best, "dice_pairs").mean(), abs=1e-12)
+
+
+def test_open_oof_gathers_fold_stores_and_checks_them(tmp_path):
+    with pytest.raises(DataError, match="no OOF probabilities"):
+        open_oof(tmp_path)
+    make_oof(tmp_path / "fold1", n=3, start=10)
+    make_oof(tmp_path / "fold0", n=4)
+    source = open_oof(tmp_path)
+    assert source.image_ids == ["img000", "img001", "img002", "img003", "img010", "img011", "img012"]
+    assert source.shape == (7, 2, 12, 14) and source.cls.shape == (7, 2)
+    fold1 = ProbStore.open(tmp_path / "fold1", "oof")
+    assert np.array_equal(source.read_u8([5, 0]), np.stack([fold1.probs[1], ProbStore.open(tmp_path / "fold0",
+                                                                                           "oof").probs[0]]))
+    assert np.array_equal(source.read_u8([4], channel=1)[0], fold1.probs[0, 1])
+    make_oof(tmp_path / "fold2", n=2, start=11)
+    with pytest.raises(DataError, match="'img011' is in both"):
+        open_oof(tmp_path)
+    make_oof(tmp_path / "oof", n=2)  # a gathered store wins
+    assert len(open_oof(tmp_path)) == 2
+
+
+def test_fit_mask_resizes_by_nearest_and_one_hots_index_maps():
+    mask = np.array([[[0, 1], [1, 1]]], dtype=np.uint8)  # (1, 2, 2)
+    assert fit_mask(mask, 1, 4, 4)[0].astype(int).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1],
+                                                                [1, 1, 1, 1], [1, 1, 1, 1]]
+    index_map = np.array([[0, 2], [1, 255]], dtype=np.uint8)  # 255 = ignore: no class
+    assert fit_mask(index_map, 3, 2, 2).astype(int).tolist() == [[[1, 0], [0, 0]], [[0, 0], [1, 0]],
+                                                                 [[0, 1], [0, 0]]]
+    with pytest.raises(DataError, match="2 classes"):
+        fit_mask(np.zeros((2, 3, 3)), 1, 3, 3)
+
+
+def test_default_min_areas():
+    areas = default_min_areas(256, 1600)
+    assert areas[0] == 0 and len(areas) == 20
+    assert areas[1] == 41 and areas[-1] == 20480  # 1e-4 and 5e-2 of 409,600 pixels
+
+
+def test_tune_thresholds_writes_scores_that_brute_force_confirms(tmp_path):
+    store, truth = make_oof(tmp_path / "e" / "fold0", n=20, seed=11)
+    cfg = validate_config({"experiment": {"name": "e", "output_root": str(tmp_path)},
+                           "data": {"classes": ["a", "b"]},
+                           "postprocess": {"threshold": 0.9, "tune": {"optuna_trials": 8, "max_images": 12,
+                                                                      "thresholds": [0.2, 0.4, 0.6],
+                                                                      "min_areas": [0, 10, 40]}}})
+    lines = []
+    result = tune_thresholds(cfg, truth_fn=truth.__getitem__, log=lines.append)
+    data = json.loads((tmp_path / "e" / "thresholds.json").read_text())
+    assert data["metric"] == "dice_pairs" and data["images"] == 20 and data["optuna"]["sampled"]
+    before = brute_score(store, truth, PostprocessParams(("a", "b"), (ClassRules(threshold=0.9),) * 2), "dice_pairs")
+    assert data["score_before"] == pytest.approx(before.mean(), abs=1e-12)
+    tuned = load_thresholds(tmp_path / "e" / "thresholds.json", ["a", "b"])
+    assert data["score_after"] == pytest.approx(brute_score(store, truth, tuned, "dice_pairs").mean(), abs=1e-12)
+    assert data["score_after"] >= data["score_before"] and tuned == result["params"]
+    assert (tmp_path / "e" / "threshold_curves.png").stat().st_size > 1000
+    assert any("OOF dice_pairs" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_tune_thresholds_script_on_demo_annotations(tmp_path, monkeypatch, capsys):
+    """The script with the real data layer: demo labels at 128x256, OOF stored at 64x128 (nearest resize)."""
+    from segfold.data.config import DataConfig
+    from segfold.data.demo import make_demo_data
+    from segfold.data.formats import read_train
+
+    root = make_demo_data(tmp_path / "demo", n_train=6, n_test=2)
+    annotations = read_train(DataConfig(root=str(root)))
+    ids = annotations.image_ids
+    truth = np.stack([fit_mask(annotations.mask(i), 4, 64, 128) for i in ids]).astype(np.float32)
+    noisy = np.clip(0.3 * truth + 0.6 * np.random.default_rng(0).random(truth.shape), 0, 1)
+    store = ProbStore.create(tmp_path / "out" / "demo" / "fold0", "oof", ids, ["1", "2", "3", "4"], 64, 128)
+    store.write(np.arange(len(ids)), noisy)
+    store.finalize()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"experiment: {{name: demo, output_root: {tmp_path / 'out'}}}\ndata: {{root: {root}}}\n")
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "scripts"))
+    import tune_thresholds as script
+
+    script.main(["--config", str(config), "--trials", "3", "--set", "postprocess.tune.thresholds=[0.3,0.5,0.7]"])
+    out = capsys.readouterr().out
+    assert "OOF dice_pairs" in out
+    data = json.loads((tmp_path / "out" / "demo" / "thresholds.json").read_text())
+    # truth pixels hold 0.3 + U(0, 0.6), the others U(0, 0.6): the tuned score beats the 0.5 default
+    assert data["score_after"] >= data["score_before"]
