@@ -32,8 +32,6 @@ def _check(
         raise ValueError(f"get_stats: mode={mode!r} is not one of {list(MODES)}")
     if target.is_floating_point():
         raise ValueError(f"get_stats: target must be an integer tensor (e.g. target.long()), got {target.dtype}")
-    if output.is_floating_point() and threshold is None:
-        raise ValueError(f"get_stats: a floating output ({output.dtype}) needs a threshold, or pass integer labels")
     if mode == "multiclass":
         if output.is_floating_point():
             raise ValueError(
@@ -47,7 +45,9 @@ def _check(
             raise ValueError(
                 f"get_stats: ignore_index={ignore_index} must lie outside the class range 0..{num_classes - 1}"
             )
-    elif mode == "binary" and ignore_index is not None:
+    elif output.is_floating_point() and threshold is None:
+        raise ValueError(f"get_stats: a floating output ({output.dtype}) needs a threshold, or pass integer labels")
+    if mode == "binary" and ignore_index is not None:
         raise ValueError("get_stats(mode='binary'): ignore_index is not supported; use mode='multilabel'")
     if output.shape != target.shape:
         raise ValueError(f"get_stats: output shape {tuple(output.shape)} must equal target shape {tuple(target.shape)}")
