@@ -232,7 +232,7 @@ def test_dataset_items_and_resize(tmp_path):
     big = SegmentationDataset(cfg.model_copy(update={"image_size": (8, 10)}), ann.image_ids, annotations=ann,
                               mean=[0.0] * 3, std=[1.0] * 3)
     item = big[1]
-    assert item["image"].shape == (3, 8, 10)
+    assert item["image"].shape == (3, 8, 10) and item["orig_size"].tolist() == [H, W]
     # nearest-neighbour doubling repeats every pixel twice along each axis
     np.testing.assert_array_equal(item["mask"][1].numpy(), np.repeat(np.repeat(B2, 2, 0), 2, 1))
     np.testing.assert_array_equal(item["presence"].numpy(), [0.0, 1.0])

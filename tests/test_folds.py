@@ -77,6 +77,14 @@ def test_multilabel_balances_each_class(tmp_path):
         assert counts.max() - counts.min() <= 2, (c, counts)
 
 
+def test_multilabel_with_one_class_stratifies_on_it(tmp_path):
+    cfg = validate_config({"data": {"classes": ["pneumothorax"], "mode": "binary"}})
+    presence = np.arange(50) % 5 == 0  # 10 positives among 50
+    ann = Annotations(cfg.data, "train", [f"{i}" for i in range(50)], np.full((50, 2), 8), presence[:, None] * 3)
+    fold = folds.make_folds(cfg, ann)["fold"].to_numpy()
+    assert np.bincount(fold[presence], minlength=5).tolist() == [2, 2, 2, 2, 2]  # 10 positives over 5 folds
+
+
 @pytest.mark.parametrize("method", ["group", "stratified_group"])
 def test_groups_from_a_regex_never_leak(tmp_path, method):
     cfg = make_config(tmp_path, method=method, n_folds=3, group_regex="^([^_]+)_")

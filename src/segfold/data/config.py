@@ -104,7 +104,7 @@ class DataConfig(StrictModel):
     class_values: list[int | list[int]] | None = None
     background: str | None = None
     ignore_label: int | None = None
-    ignore_index: int = 255
+    ignore_index: int = Field(255, ge=0, le=255)
     image_shape: Size | None = None
     image_size: Size | None = None
     metric_size: Size | None = None

@@ -92,10 +92,12 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def _load(self, image_id: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image (H, W, C) uint8 and mask ((H, W, C) uint8 per class, or (H, W) indices) at training size."""
+    def _load(self, image_id: str) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+        """Image (H, W, C) uint8 and mask ((H, W, C) uint8 per class, or (H, W) indices) at training size,
+        and the image's native (height, width)."""
         cfg = self.data_cfg
         image = read_image(image_path(cfg, image_id, self.folder), self.in_channels)
+        native = (int(image.shape[0]), int(image.shape[1]))
         mask = None
         if self.annotations is not None:
             mask = self.annotations.mask(image_id)
@@ -105,14 +107,11 @@ class SegmentationDataset(Dataset):
             image = resize_image(image, cfg.image_size)
             if mask is not None:
                 mask = resize_mask(mask, cfg.image_size)
-        return image, mask
+        return image, mask, native
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.image_ids[index]
-        image, mask = self._load(image_id)
-        orig_size = self.annotations.shapes[self.annotations.index(image_id)] if self.annotations else None
-        if orig_size is None:
-            orig_size = image.shape[:2]  # NOTE: test images are read at native size unless image_size is set
+        image, mask, orig_size = self._load(image_id)
         if self.transforms is not None:
             out = self.transforms(image=image, mask=mask) if mask is not None else self.transforms(image=image)
             image, mask = out["image"], out.get("mask")

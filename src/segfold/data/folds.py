@@ -98,6 +98,10 @@ def assign_folds(folds_cfg: FoldsConfig, annotations: Annotations, groups: np.nd
     elif method == "stratified":
         labels = stratification_labels(folds_cfg, annotations)
         splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(index, labels)
+    elif method == "multilabel" and annotations.presence.shape[1] == 1:
+        # NOTE: iterative stratification needs two or more labels; one class is plain stratification on it
+        labels = _merge_rare(annotations.presence[:, 0].astype(int).astype(str), n_folds)
+        splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(index, labels)
     elif method == "multilabel":
         presence = annotations.presence.astype(int)
         splits = MultilabelStratifiedKFold(n_folds, shuffle=True, random_state=seed).split(index, presence)
