@@ -100,7 +100,8 @@ class SoftBCEWithLogitsLoss(nn.Module):
 class SoftCrossEntropyLoss(nn.Module):
     """Cross-entropy with label smoothing: (1 - s) * NLL + s / C * sum_c(-log p_c).
 
-    `smooth_factor=None` (or 0) is plain cross-entropy. `reduction="none"` returns (N, ...) per pixel.
+    `smooth_factor=None` (or 0) is plain cross-entropy (segmentation_models_pytorch 0.5.0 raises a TypeError
+    on None). `reduction="none"` returns (N, ...) per pixel (the reference keeps a singleton class axis).
 
     Example:
         >>> loss = SoftCrossEntropyLoss(smooth_factor=0.1, ignore_index=255)
