@@ -267,3 +267,15 @@ def test_predict_reports_missing_folds(tmp_path, repo_root, capsys):
     with pytest.raises(SystemExit):
         _load_script(repo_root, "predict").main(["--config", str(path), "--folds", "0,3"])
     assert "fold(s) [3] have no best.pt" in capsys.readouterr().err
+
+
+def test_infer_config_checks_tiles_and_scales():
+    from segfold.config import ConfigError, validate_config
+
+    assert validate_config({"infer": {"tile_size": 256, "tile_overlap": 32}}).infer.tile_size == [256, 256]
+    with pytest.raises(ConfigError, match=r"tile_overlap \(64\) must be below half the smallest tile side \(96\)"):
+        validate_config({"infer": {"tile_size": [96, 512]}})
+    with pytest.raises(ConfigError, match="scales must be positive"):
+        validate_config({"infer": {"scales": [0.0, 1.0]}})
+    with pytest.raises(ConfigError, match="infer.tta"):
+        validate_config({"infer": {"tta": "d8"}})

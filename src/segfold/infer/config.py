@@ -7,13 +7,61 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from segfold.config.base import StrictModel
 
 
 class InferConfig(StrictModel):
-    tta: str = "flips"
+    """Test inference (`scripts/predict.py`): folds, test-time augmentation, tiling.
+
+    Probabilities of every augmented copy and of every fold are averaged (never logits). Images larger
+    than `tile_size` are predicted in overlapping tiles blended with weights that fall off towards
+    the tile borders. The probabilities are stored at `data.metric_size` when it is set (the
+    submission resolution, e.g. [350, 525] for Clouds), else at each image's own size.
+    """
+
+    folds: list[int] | None = Field(None, description="folds whose checkpoints predict; null = every fold found")
+    checkpoint: str = Field("best.pt", description="checkpoint file in each fold folder")
+    tta: Literal["none", "hflip", "vflip", "flips", "d4"] = "flips"
+    scales: list[float] = Field([1.0], min_length=1, description="multi-scale TTA factors (1.0 is always added)")
+    batch_size: int = Field(4, ge=1, description="images per step")
+    forward_batch: int | None = Field(
+        None, ge=1, description="most augmented copies (or tiles) in one forward pass; null = all copies of a step"
+    )
+    tile_size: list[int] | None = Field(None, description="[height, width] of a tile; larger images are tiled")
+    tile_overlap: int = Field(64, ge=0, description="pixels two neighbouring tiles share")
+    device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
+    amp: bool = Field(False, description="float16 autocast on CUDA")
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("tile_size", mode="before")
+    @classmethod
+    def _pair(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value, value]
+        return value
+
+    @field_validator("tile_size")
+    @classmethod
+    def _check_pair(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            raise ValueError("expected [height, width] of positive ints (or one int for a square), or null")
+        return value
+
+    @field_validator("scales")
+    @classmethod
+    def _check_scales(cls, value: list[float]) -> list[float]:
+        if any(s <= 0 for s in value):
+            raise ValueError("scales must be positive factors such as [0.75, 1.0, 1.25]")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tiles(self) -> InferConfig:
+        if self.tile_size is not None and 2 * self.tile_overlap >= min(self.tile_size):
+            raise ValueError(f"infer.tile_overlap ({self.tile_overlap}) must be below half the smallest tile side "
+                             f"({min(self.tile_size)}); lower it or enlarge infer.tile_size")
+        return self
 
 
 RULE_KEYS = ("threshold", "min_area", "area_mode", "top", "min_count", "cls_threshold")
