@@ -224,3 +224,9 @@ def test_tune_thresholds_script_on_demo_annotations(tmp_path, monkeypatch, capsy
     data = json.loads((tmp_path / "out" / "demo" / "thresholds.json").read_text())
     # truth pixels hold 0.3 + U(0, 0.6), the others U(0, 0.6): the tuned score beats the 0.5 default
     assert data["score_after"] >= data["score_before"]
+
+
+def test_tune_thresholds_refuses_an_empty_oof(tmp_path):
+    empty = ProbStore.create(tmp_path, "oof", [], ["a"], 4, 4).finalize()
+    with pytest.raises(DataError, match="holds no images"):
+        tune_thresholds(validate_config({}), source=OofSource([empty]), truth_fn=lambda image_id: None)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segfold.errors import DataError
 from segfold.infer.components import ComponentCache
 from segfold.infer.histsearch import GridResult, Histograms, class_scores, collect_histograms, evaluate, grid_search
 from segfold.infer.optsearch import refine_class
@@ -116,6 +117,8 @@ def tune_thresholds(cfg: Config, source: OofSource | None = None,
     out_dir = Path(cfg.experiment.output_dir)
     source = source if source is not None else open_oof(out_dir)
     num, _, height, width = source.shape
+    if num == 0:
+        raise DataError(f"the OOF ({source.label}) holds no images; train a fold (scripts/train.py) first")
     truth_fn = truth_fn if truth_fn is not None else make_truth_reader(cfg.data, source.classes, height, width)
     metric, empty = resolve_metric(cfg)
     tune = cfg.postprocess.tune
