@@ -171,6 +171,10 @@ def test_resize_to_submission_resolution():
     torch.testing.assert_close(resize_probs(torch.full((1, 2, 8, 12), 0.25), (2, 3)), torch.full((1, 2, 2, 3), 0.25))
     torch.testing.assert_close(resize_probs(torch.full((1, 1, 2, 3), 0.5), (5, 7)), torch.full((1, 1, 5, 7), 0.5))
     assert resize_probs(probs, (4, 4)) is probs
+    # a slight shrink (4 -> 3) is bilinear: output row 0 samples input row 4/3 * 0.5 - 0.5 = 1/6,
+    # i.e. 5/6 of row 0 and 1/6 of row 1 (a vertical ramp 0, 1, 2, 3 gives 1/6)
+    ramp = torch.arange(4, dtype=torch.float32).reshape(1, 1, 4, 1).expand(1, 1, 4, 2)
+    torch.testing.assert_close(resize_probs(ramp, (3, 2))[0, 0, :, 0], torch.tensor([1 / 6, 1.5, 17 / 6]))
 
 
 def test_model_pads_to_its_stride_and_crops_back():

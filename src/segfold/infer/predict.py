@@ -32,13 +32,14 @@ if TYPE_CHECKING:
 def resize_probs(probs: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Probabilities `(N, C, h, w)` resized to `size` (height, width).
 
-    Shrinking uses area averaging (a 4x smaller map holds the mean of each 4x4 block); enlarging
-    uses bilinear interpolation (align_corners=False).
+    Shrinking by 2x or more on both sides averages areas (a 4x smaller map holds the mean of each
+    4x4 block; bilinear would skip pixels and alias); anything else is bilinear (align_corners=False),
+    which is what the trainer uses for the OOF at a nearby size.
     """
     height, width = int(size[0]), int(size[1])
     if tuple(probs.shape[-2:]) == (height, width):
         return probs
-    if height <= probs.shape[-2] and width <= probs.shape[-1]:
+    if probs.shape[-2] >= 2 * height and probs.shape[-1] >= 2 * width:
         return F.interpolate(probs, size=(height, width), mode="area")
     return F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
 
