@@ -117,6 +117,7 @@ MODEL_PARAMS = [
     ("UPerNet", "test_convnext", 6941417),
     ("Segformer", "test_resnet", 804817),
     ("Segformer", "test_convnext", 513945),
+    ("Segformer", "mit_b0", 3714401),  # smp-native mit_b0: the paper's SegFormer-B0
 ]
 
 
@@ -137,21 +138,26 @@ def test_parameter_parity_with_defaults(arch, encoder, expected):
         ("UPerNet", {"decoder_use_norm": "layernorm"}, 7257009),
         ("UPerNet", {"decoder_channels": 64, "classes": 3}, 877939),
         ("Segformer", {"decoder_segmentation_channels": 128}, 506833),
+        ("Segformer", {"encoder_name": "mit_b0", "classes": 150}, 3752694),  # ADE20K's 150 classes
         # by hand: each of UPerNet's 12 conv-norm-ReLU blocks trades BN (2*256) for a conv bias (256)
         ("UPerNet", {"decoder_use_norm": "identity"}, 7257009 - 12 * 256),
     ],
 )
 def test_parameter_parity_with_options(arch, kwargs, expected):
-    assert count(create_model(arch, encoder_name="test_resnet", encoder_weights=None, **kwargs)) == expected
+    kwargs = {"encoder_name": "test_resnet", **kwargs}
+    assert count(create_model(arch, encoder_weights=None, **kwargs)) == expected
 
 
+SMALL_DPT = {"decoder_intermediate_channels": (16, 32, 64, 64), "decoder_fusion_channels": 32}
 MODELS = [
-    ("PAN", "test_resnet"),
-    ("PAN", "test_convnext"),
-    ("DeepLabV3", "test_resnet"),
-    ("DeepLabV3Plus", "test_convnext"),
-    ("UPerNet", "test_convnext"),
-    ("Segformer", "test_resnet"),
+    ("PAN", "test_resnet", {}),
+    ("PAN", "test_convnext", {}),
+    ("DeepLabV3", "test_resnet", {}),
+    ("DeepLabV3Plus", "test_convnext", {}),
+    ("UPerNet", "test_convnext", {}),
+    ("Segformer", "test_resnet", {}),
+    ("Segformer", "mit_b0", {}),
+    ("DPT", "test_vit", SMALL_DPT),
 ]
 
 
@@ -171,10 +177,10 @@ def biases_before_batchnorm(model: torch.nn.Module) -> set[int]:
     return found
 
 
-@pytest.mark.parametrize(("arch", "encoder"), MODELS)
-def test_odd_size_aux_head_and_gradients(arch, encoder):
+@pytest.mark.parametrize(("arch", "encoder", "kwargs"), MODELS)
+def test_odd_size_aux_head_and_gradients(arch, encoder, kwargs):
     model = create_model(arch, encoder_name=encoder, encoder_weights=None, classes=2,
-                         aux_params={"classes": 3, "dropout": 0.1})
+                         aux_params={"classes": 3, "dropout": 0.1}, **kwargs)
     model.train()
     x = torch.randn(2, 3, 67, 71)
     masks, labels = model(x)
@@ -223,3 +229,52 @@ def test_encoder_that_cannot_dilate_is_the_encoders_error():
     # timm's CoAtNet has no output_stride support, so DeepLabV3's default stride 8 cannot be had
     with pytest.raises(ValueError, match="test_coatnet.*output_stride=8"):
         create_model("DeepLabV3", encoder_name="test_coatnet", encoder_weights=None)
+
+
+# -------------------------------------------------------------------------------------------------- DPT
+
+# The reference's ViT encoder keeps timm's final LayerNorm and 1000-class head, which DPT never uses; ours
+# drops them (docs/DESIGN.md, Encoders): test_vit (embed 64) -> 2 * 64 + 64 * 1000 + 1000 = 65128 fewer.
+UNUSED_IN_REFERENCE = 2 * 64 + 64 * 1000 + 1000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [  # measured with segmentation_models_pytorch 0.5.0 on tu-test_vit (whole model)
+        ({}, 28910633),
+        ({"decoder_readout": "add"}, 28877609),
+        ({"decoder_readout": "ignore"}, 28877609),
+        ({"encoder_output_indices": [1, 3, 4, 5]}, 28910633),
+        ({"aux_params": {"classes": 3}}, 28910828),
+        ({"classes": 4}, 28911404),
+        (SMALL_DPT, 673577),
+        ({"encoder_depth": 3, "decoder_intermediate_channels": (256, 512, 1024)}, 14611177),
+        ({"encoder_depth": 5, "decoder_intermediate_channels": (8, 16, 32, 64, 64)}, 13650617),
+    ],
+)
+def test_dpt_parameter_parity(kwargs, expected):
+    model = create_model("DPT", encoder_name="test_vit", encoder_weights=None, **kwargs)
+    assert count(model) == expected - UNUSED_IN_REFERENCE
+    assert count(model) - count(model.encoder) == expected - 371240  # reference encoder: 371240
+
+
+def test_dpt_blocks_padding_and_readouts():
+    model = create_model("DPT", encoder_name="test_vit", encoder_weights=None, encoder_output_indices=[1, 3, 4, 5],
+                         decoder_readout="add", **SMALL_DPT).eval()
+    assert model.encoder.out_indices == [1, 3, 4, 5]
+    assert model.required_divisor == 16  # the patch size
+    assert model(torch.randn(1, 3, 33, 50)).shape == (1, 1, 33, 50)
+    default = create_model("DPT", encoder_name="test_vit", encoder_weights=None, **SMALL_DPT)
+    assert default.encoder.out_indices == [0, 2, 3, 5]  # 4 of 6 blocks, as the reference picks them
+
+
+def test_dpt_rejects_other_encoders_and_missing_class_token():
+    with pytest.raises(ValueError, match="DPT takes plain ViT-style timm encoders.*test_resnet"):
+        create_model("DPT", encoder_name="test_resnet", encoder_weights=None)
+    with pytest.raises(ValueError, match="DPT takes plain ViT-style timm encoders.*test_convnext"):
+        create_model("DPT", encoder_name="test_convnext", encoder_weights=None)
+    with pytest.raises(ValueError, match="encoder_depth"):
+        create_model("DPT", encoder_name="test_vit", encoder_weights=None, encoder_depth=3)
+    # timm's "gap" ViTs have register tokens but no class token: only the "ignore" readout fits
+    with pytest.raises(ValueError, match="needs a class token"):
+        create_model("DPT", encoder_name="vit_wee_patch16_reg1_gap_256", encoder_weights=None, **SMALL_DPT)

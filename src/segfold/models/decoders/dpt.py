@@ -1,5 +1,6 @@
 """DPT: Dense Prediction Transformer. Token maps from several blocks of a plain ViT are reassembled
-into a 4-level pyramid (strides 4, 8, 16, 32) and fused top-down by residual conv units.
+into a pyramid (strides 4, 8, 16, 32 for the default four blocks) and fused top-down by residual
+conv units.
 
 Ranftl et al., "Vision Transformers for Dense Prediction", https://arxiv.org/abs/2103.13413
 """
@@ -7,15 +8,23 @@ Ranftl et al., "Vision Transformers for Dense Prediction", https://arxiv.org/abs
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from segfold.models.base import SegmentationModel, initialize_head
 from segfold.models.blocks import interpolate_to
 from segfold.models.heads import ActivationSpec, get_activation
+from segfold.models.registry import register_model
 
 READOUTS = ("ignore", "add", "cat")
-PYRAMID_STRIDES = (4, 8, 16, 32)
+VIT_EXAMPLES = "test_vit, vit_*, deit_*, eva02_*, ..."
+
+
+def pyramid_strides(levels: int) -> list[int]:
+    """Strides of the reassembled pyramid, finest first: 4, 8, 16, 32, ... (4 levels: the paper's)."""
+    return [4 * 2**i for i in range(levels)]
 
 
 class Readout(nn.Module):
@@ -106,29 +115,31 @@ class FusionBlock(nn.Module):
 
 
 class DPTDecoder(nn.Module):
-    """Readout, reassemble and top-down fusion of ``len(intermediate_channels)`` ViT token maps.
+    """Readout, reassemble and top-down fusion of ViT token maps, one per entry of ``intermediate_channels``.
 
     ``forward(features, prefix_tokens)`` takes the token maps (N, D, h, w), shallowest first, and the
-    prefix tokens of each (N, P, D) or None; the output has ``fusion_channels`` channels at half the
-    input size (stride ``patch_size / 2``... i.e. ``h * patch_size / 2``).
+    prefix tokens of each (N, P, D) or None; the output has ``fusion_channels`` channels and size
+    ``(h * patch_size / 2, w * patch_size / 2)``, half the input's.
     """
 
     def __init__(self, embed_dim: int, patch_size: int, readout: str = "cat",
-                 intermediate_channels: Sequence[int] = (256, 512, 1024, 1024), fusion_channels: int = 256) -> None:
+                 intermediate_channels: Sequence[int] = (256, 512, 1024, 1024), fusion_channels: int = 256,
+                 levels: int = 4) -> None:
         super().__init__()
         intermediate_channels = list(intermediate_channels)
-        if len(intermediate_channels) != len(PYRAMID_STRIDES):
+        if len(intermediate_channels) != levels:
             raise ValueError(f"decoder_intermediate_channels={intermediate_channels!r}: give one width per pyramid "
-                             f"level ({len(PYRAMID_STRIDES)}: strides {PYRAMID_STRIDES})")
+                             f"level, i.e. per encoder block read ({levels}, the encoder_depth)")
         if patch_size % 2:
             raise ValueError(f"DPT needs an even patch size, got {patch_size}")
         self.patch_size = patch_size
-        self.readouts = nn.ModuleList(Readout(embed_dim, readout) for _ in PYRAMID_STRIDES)
+        strides = pyramid_strides(levels)
+        self.readouts = nn.ModuleList(Readout(embed_dim, readout) for _ in strides)
         self.reassembles = nn.ModuleList(
             Reassemble(embed_dim, mid, fusion_channels, patch_size, stride)
-            for mid, stride in zip(intermediate_channels, PYRAMID_STRIDES, strict=True)
+            for mid, stride in zip(intermediate_channels, strides, strict=True)
         )
-        self.fusions = nn.ModuleList(FusionBlock(fusion_channels) for _ in PYRAMID_STRIDES)
+        self.fusions = nn.ModuleList(FusionBlock(fusion_channels) for _ in strides)
 
     def forward(self, features: Sequence[torch.Tensor],
                 prefix_tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
@@ -161,3 +172,67 @@ class DPTSegmentationHead(nn.Sequential):
             nn.Upsample(scale_factor=upsampling, mode="bilinear", align_corners=False),
             get_activation(activation),
         )
+
+
+@register_model
+class DPT(SegmentationModel):
+    """DPT: a plain ViT encoder (timm), readout + reassemble into a pyramid, residual fusion, stride-2 head.
+
+    Ranftl et al., https://arxiv.org/abs/2103.13413. Takes ViT-style encoders only (test_vit, vit_*,
+    deit_*, eva02_*, ...); input sizes are padded to a multiple of the patch size.
+
+    Example:
+        >>> model = segfold.create_model("DPT", encoder_name="vit_small_patch16_384", classes=3)
+        >>> masks = model.predict(images)  # (N, 3, H, W)
+    """
+
+    def __init__(self, encoder_name: str = "tu-vit_base_patch16_224.augreg_in21k", encoder_depth: int = 4,
+                 encoder_weights: str | None = "imagenet", encoder_output_indices: list[int] | None = None,
+                 decoder_readout: str = "cat", decoder_intermediate_channels: Sequence[int] = (256, 512, 1024, 1024),
+                 decoder_fusion_channels: int = 256, in_channels: int = 3, classes: int = 1,
+                 activation: ActivationSpec = None, aux_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        from segfold.encoders import get_vit_encoder
+
+        if encoder_output_indices is not None and len(encoder_output_indices) != encoder_depth:
+            raise ValueError(f"DPT: encoder_output_indices={list(encoder_output_indices)} must name encoder_depth="
+                             f"{encoder_depth} blocks")
+        if decoder_readout not in READOUTS:
+            raise ValueError(f"decoder_readout={decoder_readout!r} is not supported; use one of {', '.join(READOUTS)}")
+        out_indices = list(encoder_output_indices) if encoder_output_indices is not None else encoder_depth
+        try:
+            encoder = get_vit_encoder(encoder_name, in_channels=in_channels, out_indices=out_indices,
+                                      weights=encoder_weights, **kwargs)
+        except TypeError as error:
+            raise ValueError(f"DPT got unknown keyword(s) {sorted(kwargs)} ({error})") from error
+        except ValueError as error:
+            raise ValueError(f"DPT takes plain ViT-style timm encoders ({VIT_EXAMPLES}); encoder {encoder_name!r} "
+                             f"is not one: {error}") from error
+        if decoder_readout != "ignore" and not encoder.has_cls_token:
+            raise ValueError(f"decoder_readout={decoder_readout!r} needs a class token and encoder {encoder_name!r} "
+                             f"has none; use decoder_readout='ignore'")
+        self.encoder_name = encoder_name
+        self.encoder_weights = encoder_weights
+        decoder = DPTDecoder(encoder.embed_dim, encoder.patch_size, decoder_readout, decoder_intermediate_channels,
+                             decoder_fusion_channels, levels=len(encoder.out_indices))
+        self.assemble(encoder, decoder, decoder_fusion_channels, classes=classes, activation=activation,
+                      aux_params=aux_params, divisor=encoder.patch_size)
+        # NOTE DPT's own head (3x3 conv-BN-ReLU, dropout, 1x1, x2) replaces the plain conv head.
+        self.segmentation_head = DPTSegmentationHead(decoder_fusion_channels, classes, activation=activation)
+        initialize_head(self.segmentation_head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Masks (N, classes, H, W); with ``aux_params`` ``(masks, labels)``, labels from the last block's map.
+
+        NOTE the ViT encoder returns ``(token maps, prefix tokens)`` rather than the list of maps the
+        base class routes, so DPT routes them here (same padding and cropping as the base class).
+        """
+        height, width = x.shape[-2:]
+        x = self._pad(x)
+        features, prefix_tokens = self.encoder(x)
+        masks = self.segmentation_head(self.decoder(features, prefix_tokens))
+        assert masks.shape[-2:] == x.shape[-2:], f"mask size {tuple(masks.shape[-2:])} != input {tuple(x.shape[-2:])}"
+        masks = masks[..., :height, :width]
+        if self.classification_head is None:
+            return masks
+        return masks, self.classification_head(features[-1])
