@@ -62,7 +62,9 @@ PARAMS_WITH_DEFAULTS = {
     "DeepLabV3Plus": 980225,
     "UPerNet": 7257009,
     "Segformer": 804817,
-    "DPT": 28910633,  # on tu-test_vit
+    # on tu-test_vit: 28910633 minus the final LayerNorm and 1000-class head (2*64 + 64*1000 + 1000) that the
+    # reference's ViT encoder keeps unused and ours drops (docs/DESIGN.md, Encoders)
+    "DPT": 28910633 - 65128,
 }
 
 # measured with segmentation_models_pytorch 0.5.0 on tu-test_efficientnet: decoder + segmentation head only
@@ -154,7 +156,8 @@ def test_encoder_depths(arch):
         except ValueError as error:  # an architecture may refuse a depth, but must say so
             assert "depth" in str(error), error
             continue
-        assert len(model.encoder.out_channels) == depth + 1
+        # a ViT encoder (DPT) returns one map per block read, without the input at index 0
+        assert len(model.encoder.out_channels) == (depth if arch == "DPT" else depth + 1)
         assert model(torch.randn(1, 3, 45, 50)).shape == (1, 1, 45, 50), depth
 
 
