@@ -150,7 +150,7 @@ class DPTDecoder(nn.Module):
                   for readout, reassemble, feature, prefix in zip(self.readouts, self.reassembles, features, prefixes,
                                                                   strict=True)]
         height, width = features[0].shape[-2:]
-        # each fusion output takes the size of the next finer level; the last one stride patch_size / 2
+        # each fusion output takes the size of the next finer level; the last one half the input size (stride 2)
         sizes = [level.shape[-2:] for level in levels[:-1]][::-1]
         sizes.append((height * self.patch_size // 2, width * self.patch_size // 2))
         path = None
