@@ -188,7 +188,7 @@ def test_metrics_logger_resume_drops_later_rows(tmp_path):
     for epoch, loss in ((1, 0.9), (2, 0.7), (3, 0.6)):
         logger.log_epoch({"epoch": epoch, "train_loss": loss, "score": loss / 3})
     logger.close()
-    resumed = MetricsLogger(tmp_path, start_epoch=3, tensorboard=False)  # epoch 3 is trained again
+    resumed = MetricsLogger(tmp_path, resumed_epochs=2, tensorboard=False)  # epoch 3 is trained again
     resumed.log_epoch({"epoch": 3, "train_loss": 0.5, "score": 0.25})
     with (tmp_path / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -200,3 +200,278 @@ def test_run_info_names_commit_and_versions(tmp_path):
     info = write_run_info(tmp_path / "run_info.json", {"fold": 0})
     assert info["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert info["fold"] == 0 and "git_commit" in info
+
+
+# ---------------------------------------------------------------------------------- engine units
+
+
+class _Linear(nn.Module):
+    """No BatchNorm: the gradient of a mean loss over 4 images is the mean of two 2-image halves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 1, 1)
+
+    def forward(self, x):
+        return self.head(x)
+
+
+def _batches(count: int, size: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": torch.randn(size, 3, 4, 4, generator=g), "mask": torch.rand(size, 1, 4, 4, generator=g),
+             "presence": torch.ones(size, 1)} for _ in range(count)]
+
+
+def _trainer(model, accumulate=1, clip=None, precision="fp32"):
+    from segfold.train.distributed import DistInfo
+    from segfold.train.engine import Trainer
+
+    optim_cfg = OptimConfig(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
+    optimizer = build_optimizer(model, optim_cfg)
+    schedule = LrSchedule(optimizer, SchedulerConfig(name="constant"), optim_cfg, 1, 1)
+
+    def mse(out, mask, presence):
+        return (out - mask).pow(2).mean()
+
+    return Trainer(model, mse, optimizer, schedule, None, None, DistInfo(), precision, accumulate, clip)
+
+
+def test_gradient_accumulation_equals_the_big_batch():
+    torch.manual_seed(1)
+    small, big = _Linear(), _Linear()
+    big.load_state_dict(small.state_dict())
+    halves = _batches(2, 2)
+    whole = [{k: torch.cat([h[k] for h in halves]) for k in halves[0]}]
+    _trainer(small, accumulate=2).train_epoch(halves, 1, 2)
+    _trainer(big, accumulate=1).train_epoch(whole, 1, 1)
+    assert torch.allclose(small.head.weight, big.head.weight, atol=1e-6)
+    assert torch.allclose(small.head.bias, big.head.bias, atol=1e-6)
+
+
+def test_gradient_clipping_bounds_the_step():
+    # SGD without momentum moves by lr * g; clipped to norm 1e-3 the step norm is 0.1 * 1e-3 = 1e-4
+    model = _Linear()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    _trainer(model, clip=1e-3).train_epoch(_batches(1, 4), 1, 1)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert float((after - before).norm()) == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_fp16_falls_back_on_cpu_and_bf16_runs():
+    from segfold.train.engine import resolve_precision
+
+    with pytest.warns(UserWarning, match="fp16 needs CUDA"):
+        assert resolve_precision("fp16", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    stats = _trainer(_Linear(), precision="bf16").train_epoch(_batches(2, 2), 1, 2)
+    assert math.isfinite(stats["train_loss"]) and stats["images"] == 4
+
+
+def test_tracker_picks_ema_counts_patience_and_top_k():
+    from segfold.train.tracking import BestTracker
+
+    tracker = BestTracker(maximize=True, min_delta=0.01, top_k=2)
+    assert tracker.update(1, {"model": (0.50, 0.50), "ema": (0.60, 0.60)})
+    assert (tracker.best_epoch, tracker.best_weights, tracker.best_score) == (1, "ema", 0.60)
+    assert not tracker.update(2, {"model": (0.605, 0.605)})  # +0.005 < min_delta
+    assert tracker.bad_epochs == 1 and tracker.should_stop(1) and not tracker.should_stop(2)
+    assert tracker.offer_top_k(1, 0.6) == ("epoch001.pt", [])
+    assert tracker.offer_top_k(2, 0.4) == ("epoch002.pt", [])
+    assert tracker.offer_top_k(3, 0.7) == ("epoch003.pt", ["epoch002.pt"])  # 0.4 falls out of the top 2
+    assert tracker.offer_top_k(4, 0.1) == (None, [])
+
+
+# ------------------------------------------------------------------------------------- the loop
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """24 generated demo images (128 x 256, four classes), written once for this module."""
+    from segfold.data.demo import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("data") / "demo", seed=0, n_train=24, n_test=2)
+
+
+def tiny_config(data_root, out, **sections):
+    """Two folds of 12 images at 32 x 64, a test encoder, two epochs of three batches of 4."""
+    from segfold.config.load import deep_merge
+
+    base = {
+        "experiment": {"name": "tiny", "output_root": str(out), "seed": 3},
+        "data": {"root": str(data_root), "image_size": [32, 64], "metric_size": [32, 64], "folds": {"n_folds": 2},
+                 "augment": {"train": [{"name": "HorizontalFlip", "p": 0.5}]}},
+        "model": {"arch": "Unet", "encoder_name": "test_resnet", "encoder_weights": None,
+                  "params": {"decoder_channels": [16, 16, 8, 8, 8]}},
+        "optim": {"lr": 3e-3},
+        "train": {"epochs": 2, "batch_size": 4, "progress": False},
+    }
+    return validate_config(deep_merge(base, sections))
+
+
+def _dice_pairs_by_hand(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over (image, class) of 2|X&Y| / (|X| + |Y|), 1 when both are empty."""
+    scores = []
+    for p, t in zip(pred.reshape(-1, *pred.shape[2:]), truth.reshape(-1, *truth.shape[2:]), strict=True):
+        total = int(p.sum()) + int(t.sum())
+        scores.append(1.0 if total == 0 else 2.0 * int((p & t).sum()) / total)
+    return float(np.mean(scores))
+
+
+def test_train_writes_every_output_and_oof_matches_the_best_checkpoint(tiny_data, tmp_path):
+    import cv2
+    import pandas as pd
+
+    from segfold.data.formats import read_train
+    from segfold.infer.store import ProbStore
+    from segfold.train import load_checkpoint_model, train
+
+    cfg = tiny_config(tiny_data, tmp_path, data={"metric_size": None}, model={"aux": True},
+                      train={"ema": True, "ema_decay": 0.5, "save_top_k": 2})
+    seen = []
+    result = train(cfg, 1, epoch_callback=lambda epoch, metrics: seen.append((epoch, dict(metrics))))
+    fold_dir = tmp_path / "tiny" / "fold1"
+    for name in ("config.yaml", "best.pt", "last.pt", "metrics.csv", "curves.png", "run_info.json",
+                 "oof.u8", "oof.json", "oof.index.csv", "oof.cls.npy", "epoch001.pt", "epoch002.pt"):
+        assert (fold_dir / name).is_file(), name
+    assert list((fold_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert [epoch for epoch, _ in seen] == [1, 2]
+    rows = pd.read_csv(fold_dir / "metrics.csv")
+    assert rows["epoch"].tolist() == [1, 2]
+    # best over both weights: the larger of every score and ema_score column value
+    assert result["best_score"] == pytest.approx(max(rows["score"].max(), rows["ema_score"].max()), abs=1e-5)
+
+    folds = pd.read_csv(tmp_path / "tiny" / "folds.csv")
+    valid_ids = folds.loc[folds["fold"] == 1, "ImageId"].tolist()
+    store = ProbStore.open(fold_dir, "oof")
+    assert store.image_ids == valid_ids
+    assert store.shape == (len(valid_ids), 4, 128, 256)  # the native size: data.metric_size is null
+    assert store.cls is not None and store.cls.shape == (len(valid_ids), 4)
+
+    # the checkpoint alone rebuilds the model; its probabilities of one image are the OOF row
+    model, loaded_cfg = load_checkpoint_model(fold_dir / "best.pt", "cpu")
+    assert loaded_cfg.model.aux is True
+    pre = model.pretrained_cfg
+    image = cv2.cvtColor(cv2.imread(str(tiny_data / "train_images" / valid_ids[0])), cv2.COLOR_BGR2RGB)
+    image = cv2.resize(image, (64, 32), interpolation=cv2.INTER_AREA)
+    x = (torch.from_numpy(image).float().permute(2, 0, 1) / 255 - torch.tensor(pre["mean"])[:, None, None])
+    x = x / torch.tensor(pre["std"])[:, None, None]
+    with torch.no_grad():
+        masks, labels = model(x[None])
+    probs = torch.nn.functional.interpolate(masks.sigmoid(), size=(128, 256), mode="bilinear", align_corners=False)
+    assert np.abs(store.read(0) - probs[0].numpy()).max() <= 1 / 255 + 1e-3  # uint8 storage
+    assert np.abs(store.cls[0] - labels[0].sigmoid().numpy()).max() < 1e-5
+
+    # the recorded score of the best epoch is the competition score of these probabilities at 0.5
+    annotations = read_train(cfg.data)
+    truth = np.stack([annotations.mask(i) for i in valid_ids]).astype(bool)
+    pred = store.read(np.arange(len(valid_ids))) > 0.5
+    assert _dice_pairs_by_hand(pred, truth) == pytest.approx(result["best_score"], abs=0.02)
+
+
+def _state_tensors(state):
+    flat = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            flat[key] = value
+        elif isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in _state_tensors(value).items()})
+    return flat
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tiny_data, tmp_path):
+    from segfold.train import train
+
+    sections = dict(
+        data={"sampler": {"positive_share": 0.5},
+              "augment": {"train": [{"name": "HorizontalFlip", "p": 0.5},
+                                    {"name": "RandomBrightnessContrast", "p": 0.5}]}},
+        model={"aux": {"dropout": 0.5}},  # dropout draws from the global torch RNG
+        train={"epochs": 3, "ema": True, "ema_decay": 0.7, "deterministic": True},
+        scheduler={"name": "cosine", "warmup_epochs": 1},
+    )
+    whole = train(tiny_config(tiny_data, tmp_path / "whole", **sections), 0)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch, metrics):
+        if epoch == 1:
+            raise Killed
+
+    cut_cfg = tiny_config(tiny_data, tmp_path / "cut", **sections)
+    with pytest.raises(Killed):
+        train(cut_cfg, 0, epoch_callback=kill_after_first)
+    assert load_checkpoint(tmp_path / "cut" / "tiny" / "fold0" / "last.pt")["epoch"] == 1
+    resumed = train(cut_cfg, 0, resume=True)
+    assert resumed["best_score"] == whole["best_score"] and resumed["best_epoch"] == whole["best_epoch"]
+
+    a = load_checkpoint(tmp_path / "whole" / "tiny" / "fold0" / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "tiny" / "fold0" / "last.pt")
+    for part in ("model", "ema", "optimizer"):
+        ta, tb = _state_tensors(a[part]), _state_tensors(b[part])
+        assert ta.keys() == tb.keys()
+        for key in ta:
+            assert torch.equal(ta[key], tb[key]), f"{part}.{key} differs after resume"
+    rows_cut = (tmp_path / "cut" / "tiny" / "fold0" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows_cut[1:]] == ["1", "2", "3"]
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypatch):
+    from segfold.errors import TrainingError
+    from segfold.train import train
+    from segfold.train.objective import TrainingObjective
+
+    poisoned = {"on": False}
+    forward = TrainingObjective.forward
+
+    def maybe_nan(self, outputs, target, presence):
+        loss = forward(self, outputs, target, presence)
+        return loss * float("nan") if poisoned["on"] and torch.is_grad_enabled() else loss
+
+    monkeypatch.setattr(TrainingObjective, "forward", maybe_nan)
+    cfg = tiny_config(tiny_data, tmp_path, train={"epochs": 3})
+    with pytest.raises(TrainingError, match=r"non-finite training loss \(nan\) at epoch 2, step 1 of 3"):
+        train(cfg, 0, epoch_callback=lambda epoch, metrics: poisoned.update(on=True))
+    last = load_checkpoint(tmp_path / "tiny" / "fold0" / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert load_checkpoint(tmp_path / "tiny" / "fold0" / "best.pt")["epoch"] == 1
+
+
+def test_frozen_encoder_stays_at_its_initial_weights(tiny_data, tmp_path):
+    from segfold.models import build_model
+    from segfold.train import train
+
+    cfg = tiny_config(tiny_data, tmp_path, train={"epochs": 2, "freeze_encoder_epochs": 1, "save_top_k": 2,
+                                                  "write_oof": False})
+    train(cfg, 0)
+    torch.manual_seed(cfg.experiment.seed)  # the trainer seeds torch this way before building the model
+    initial = build_model(cfg.model, 4).state_dict()
+    first = load_checkpoint(tmp_path / "tiny" / "fold0" / "epoch001.pt")["model"]
+    second = load_checkpoint(tmp_path / "tiny" / "fold0" / "epoch002.pt")["model"]
+    encoder = [k for k in initial if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(first[k], initial[k]) for k in encoder)  # weights and BN statistics
+    assert not torch.equal(first["segmentation_head.0.weight"], initial["segmentation_head.0.weight"])
+    assert any(not torch.equal(second[k], initial[k]) for k in encoder if initial[k].is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("train:\n  epochz: 3\n", "unknown key 'train.epochz'; did you mean 'train.epochs'?"),
+        ("train:\n  epochs: three\n", "key 'train.epochs' = 'three': Input should be a valid integer"),
+        ("data:\n  root: /nonexistent/segfold-data\n", "/nonexistent/segfold-data/train.csv"),
+    ],
+)
+def test_bad_config_is_one_line_through_the_script(tmp_path, repo_root, yaml_text, message):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text + f"experiment:\n  output_root: {tmp_path}\n")
+    done = subprocess.run([sys.executable, str(repo_root / "scripts" / "train.py"), "--config", str(path)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr

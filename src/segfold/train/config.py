@@ -104,7 +104,10 @@ class SchedulerConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    """The training loop: batches, precision, EMA, sampling, validation and checkpoints."""
+    """The training loop: batches, precision, EMA, validation and checkpoints.
+
+The positive-share sampler is set in the data section (`data.sampler.positive_share`).
+"""
 
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -121,8 +124,6 @@ class TrainConfig(StrictModel):
     ema: bool = False
     ema_decay: float = Field(0.998, gt=0, lt=1)
     ema_warmup: bool = True
-    sampler: Literal["random", "positive_share"] = "random"
-    positive_share: float = Field(0.5, ge=0, le=1)
     monitor: Literal["score", "valid_loss"] = "score"
     patience: int | None = Field(None, ge=1)
     min_delta: float = Field(0.0, ge=0)

@@ -7,13 +7,12 @@ everything here degrades to a single process (rank 0 of 1).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
 
 
 @dataclass(frozen=True)
@@ -101,41 +100,6 @@ def sum_across(values: Sequence[float], info: DistInfo) -> list[float]:
             tensor = tensor.to(info.device)
         dist.all_reduce(tensor)
     return tensor.cpu().tolist()
-
-
-class ShardedSampler(Sampler[int]):
-    """Each rank's share of another sampler's indices: `indices[rank::world_size]`, padded to equal length.
-
-    Wraps samplers that decide a whole epoch at once (the positive-share sampler) so every rank
-    sees a disjoint part of the same epoch; `set_epoch` and `state_dict` pass through.
-    """
-
-    def __init__(self, sampler: Sampler[int], rank: int, world_size: int) -> None:
-        self.sampler = sampler
-        self.rank = rank
-        self.world_size = world_size
-
-    def __len__(self) -> int:
-        return -(-len(self.sampler) // self.world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(self.sampler)
-        if not indices:
-            return iter([])
-        total = len(self) * self.world_size
-        indices += indices[: total - len(indices)]  # pad by wrapping so every rank takes len(self) steps
-        return iter(indices[self.rank : total : self.world_size])
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict() if hasattr(self.sampler, "state_dict") else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if hasattr(self.sampler, "load_state_dict"):
-            self.sampler.load_state_dict(state)
 
 
 def shard_indices(count: int, info: DistInfo) -> list[int]:

@@ -24,27 +24,27 @@ RUN_INFO_PACKAGES = (
 class MetricsLogger:
     """One row per epoch into `metrics.csv` (rewritten atomically), TensorBoard and `curves.png`.
 
-    Rows already in `metrics.csv` are kept (a resumed run appends to its history); rows of epochs
-    at or after the resume point are dropped first, so a resumed run never logs an epoch twice.
+    A resumed run keeps the rows of the epochs its checkpoint holds (`resumed_epochs`) and drops any
+    later ones, so no epoch is logged twice; a fresh run (0) starts a new file.
 
     Args:
         folder: the fold's output folder.
-        start_epoch: the first epoch this run will log (0 for a fresh run).
+        resumed_epochs: epochs completed by the checkpoint the run resumes from (0 for a fresh run).
         tensorboard: whether to write TensorBoard events to `folder/tensorboard`.
     """
 
-    def __init__(self, folder: str | os.PathLike, start_epoch: int = 0, tensorboard: bool = True) -> None:
+    def __init__(self, folder: str | os.PathLike, resumed_epochs: int = 0, tensorboard: bool = True) -> None:
         self.folder = Path(folder)
         self.csv_path = self.folder / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
-        if start_epoch > 0 and self.csv_path.is_file():
+        if resumed_epochs > 0 and self.csv_path.is_file():
             with self.csv_path.open(newline="") as handle:
-                self.rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) < start_epoch]
+                self.rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= resumed_epochs]
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.folder / "tensorboard"), purge_step=start_epoch or None)
+            self.writer = SummaryWriter(log_dir=str(self.folder / "tensorboard"))
 
     def log_step(self, step: int, values: dict[str, float]) -> None:
         """TensorBoard scalars for one optimizer step (`train/loss`, `train/lr`, ...)."""

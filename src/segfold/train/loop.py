@@ -1,0 +1,385 @@
+"""The training loop of one fold (`train`) and of several in a row (`train_folds`).
+
+Per epoch: train (tqdm bar with loss, lr, images/s), validate the model and its EMA on the fold's
+held-out images with the competition score, keep `best.pt` / `last.pt` (and top-k), log one line and
+one `metrics.csv` row, call `epoch_callback`, stop early when the monitored value stalls. After the
+last epoch the best weights write the fold's out-of-fold probabilities (`oof.*`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from segfold.errors import TrainingError
+from segfold.io import write_json_atomic
+from segfold.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segfold.train.checks import check_training_config
+from segfold.train.data import FoldData, build_fold_data, probabilities, resize_probs, truth_masks
+from segfold.train.distributed import DistInfo, barrier, broadcast_object, init_distributed
+from segfold.train.engine import Trainer, evaluate, resolve_precision
+from segfold.train.objective import TrainingObjective
+from segfold.train.optim import build_optimizer, current_lr
+from segfold.train.schedule import LrSchedule
+from segfold.train.tracking import BestTracker, remove_files
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """`torch.use_deterministic_algorithms` for the duration of a run (restored afterwards)."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallback | None = None) -> dict[str, Any]:
+    """Train one fold and write its outputs to `outputs/<experiment>/fold<fold>/`.
+
+    Args:
+        cfg: the validated experiment config.
+        fold: the held-out fold (validation images).
+        resume: continue from `last.pt` (model, optimizer, schedule, scaler, EMA, sampler, RNG, epoch).
+        epoch_callback: `(epoch, metrics) -> None`, on rank 0 after each validation; it may raise to
+            stop the run (Optuna pruning), after `last.pt` of that epoch is written.
+
+    Returns:
+        `best_score`, `best_epoch`, `best_weights` ("model" or "ema"), `epochs_run`, `stopped_early`,
+        `fold_dir`, `best_checkpoint`, `oof` (folder of `oof.*` or None), `fold`.
+
+    Raises:
+        TrainingError: a NaN / infinite loss (epoch and step named; the last good checkpoint stays) or
+            a checkpoint that does not fit the config.
+        ConfigError: config combinations the trainer cannot run.
+    """
+    check_training_config(cfg)
+    info = init_distributed(cfg.train.device)
+    with deterministic_mode(cfg.train.deterministic):
+        return FoldRun(cfg, fold, info).fit(resume, epoch_callback)
+
+
+def train_folds(cfg: Any, folds: Sequence[int], resume: bool = False) -> list[dict[str, Any]]:
+    """Train `folds` one after another; writes `outputs/<experiment>/cv.json` with every fold's result."""
+    results = [train(cfg, fold, resume=resume) for fold in folds]
+    scores = [r["best_score"] for r in results]
+    summary = {"folds": results, "mean_score": float(np.mean(scores)), "std_score": float(np.std(scores))}
+    if init_distributed(cfg.train.device).is_main:
+        write_json_atomic(Path(cfg.experiment.output_dir) / "cv.json", summary)
+        print(f"cv score over folds {list(folds)}: {summary['mean_score']:.4f} +- {summary['std_score']:.4f}")
+    return results
+
+
+class FoldRun:
+    """Everything one fold's training holds: data, model, EMA, optimizer, schedule, tracker."""
+
+    def __init__(self, cfg: Any, fold: int, info: DistInfo) -> None:
+        from segfold.config.load import config_to_dict
+        from segfold.encoders import get_preprocessing_params
+        from segfold.models import build_model
+
+        self.cfg, self.fold, self.info = cfg, fold, info
+        self.fold_dir = Path(cfg.experiment.output_dir) / f"fold{fold}"
+        self.cfg_dict = config_to_dict(cfg)
+        tcfg = cfg.train
+        # the data first: a wrong path fails before any model is built
+        norm = get_preprocessing_params(cfg.model.encoder_name, cfg.model.encoder_weights or "imagenet")
+        self.data: FoldData = build_fold_data(cfg, fold, info, list(norm["mean"]), list(norm["std"]))
+        seed_everything(cfg.experiment.seed)
+        model = build_model(cfg.model, len(cfg.data.classes))
+        model.to(info.device)
+        if tcfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if info.distributed and tcfg.sync_batchnorm:
+            if info.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif info.is_main:
+                warnings.warn("train.sync_batchnorm needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
+                              "each process keeps its own BatchNorm statistics", stacklevel=2)
+        self.model = model
+        self.ema = None
+        if tcfg.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=tcfg.ema_decay, use_warmup=tcfg.ema_warmup)
+        optimizer = build_optimizer(model, cfg.optim)
+        steps_per_epoch = math.ceil(self.data.num_batches / tcfg.accumulate_steps)
+        self.maximize = tcfg.monitor == "score"
+        schedule = LrSchedule(optimizer, cfg.scheduler, cfg.optim, steps_per_epoch, tcfg.epochs, self.maximize)
+        precision = resolve_precision(tcfg.precision, info.device)
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.objective = TrainingObjective(cfg, model)
+        self.trainer = Trainer(model, self.objective, optimizer, schedule, scaler, self.ema, info, precision,
+                               tcfg.accumulate_steps, tcfg.grad_clip, tcfg.channels_last)
+        self.tracker = BestTracker(maximize=self.maximize, min_delta=tcfg.min_delta, top_k=tcfg.save_top_k)
+        self.frozen: bool | None = None
+        from segfold.metrics.competition import get_competition_score
+
+        self.metric = get_competition_score(cfg.data.metric)
+
+    # ------------------------------------------------------------------------------------ the run
+
+    def fit(self, resume: bool, epoch_callback: EpochCallback | None) -> dict[str, Any]:
+        cfg, info = self.cfg, self.info
+        start_epoch, finished = self._restore() if resume else (0, False)
+        if info.is_main:
+            self._prepare_folder(fresh=start_epoch == 0)
+        from segfold.train.runlog import MetricsLogger
+
+        logger = MetricsLogger(self.fold_dir, start_epoch) if info.is_main else None
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+                if finished:
+                    break
+                metrics = self._run_epoch(epoch, logger)
+                finished = self.tracker.should_stop(cfg.train.patience) or epoch == cfg.train.epochs
+                if info.is_main:
+                    self._save_last(epoch, finished, metrics)
+                    logger.log_epoch(metrics)
+                    print(self._summary_line(metrics), flush=True)
+                    if epoch_callback is not None:
+                        epoch_callback(epoch, metrics)
+                barrier(info)
+        finally:
+            if logger is not None:
+                logger.close()
+        oof = None
+        if info.is_main and cfg.train.write_oof:
+            oof = str(self._write_oof())
+        barrier(info)
+        result = {
+            "fold": self.fold,
+            "best_score": self.tracker.best_score,
+            "best_epoch": self.tracker.best_epoch,
+            "best_weights": self.tracker.best_weights,
+            "best_value": self.tracker.best_value,
+            "monitor": cfg.train.monitor,
+            "epochs_run": epoch,
+            "stopped_early": epoch < cfg.train.epochs,  # the loop only ends early through patience
+            "fold_dir": str(self.fold_dir),
+            "best_checkpoint": str(self.fold_dir / "best.pt"),
+            "oof": oof,
+        }
+        if info.is_main:
+            write_json_atomic(self.fold_dir / "result.json", result)
+        return broadcast_object(result, info)
+
+    def _run_epoch(self, epoch: int, logger: Any) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        cfg, info, data = self.cfg, self.info, self.data
+        self._set_frozen(epoch <= cfg.train.freeze_encoder_epochs)
+        data.set_epoch(cfg.experiment.seed, epoch, info.rank)
+        bar = tqdm(total=data.num_batches, desc=f"fold {self.fold} epoch {epoch}/{cfg.train.epochs}", leave=False,
+                   disable=not (info.is_main and cfg.train.progress), dynamic_ncols=True)
+        start = time.perf_counter()
+        with bar:
+            stats = self.trainer.train_epoch(data.train_loader, epoch, data.num_batches, bar,
+                                             logger.log_step if logger is not None else None)
+        lr = current_lr(self.trainer.optimizer)
+        results = {"model": self._evaluate(self.model, epoch)}
+        if self.ema is not None:
+            results["ema"] = self._evaluate(self.ema.module, epoch)
+        key = "score" if self.maximize else "valid_loss"
+        self.trainer.schedule.step_epoch(epoch, results["model"][key])
+        candidates = {name: (r[key], r["score"]) for name, r in results.items()}
+        if self.tracker.update(epoch, candidates) and info.is_main:
+            self._save_weights(self.fold_dir / "best.pt", epoch, *self.tracker.pick(candidates))
+        if info.is_main:
+            name, dropped = self.tracker.offer_top_k(epoch, self.tracker.pick(candidates)[1][0])
+            if name is not None:
+                self._save_weights(self.fold_dir / name, epoch, *self.tracker.pick(candidates))
+            remove_files(self.fold_dir, dropped)
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": stats["train_loss"],
+            "valid_loss": results["model"]["valid_loss"],
+            "score": results["model"]["score"],
+        }
+        if "ema" in results:
+            metrics.update(ema_valid_loss=results["ema"]["valid_loss"], ema_score=results["ema"]["score"])
+        metrics.update(
+            lr=lr, best_score=self.tracker.best_score, best_epoch=self.tracker.best_epoch,
+            images_per_second=stats["images"] / max(stats["seconds"], 1e-9), seconds=time.perf_counter() - start,
+        )
+        return metrics
+
+    def _evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        try:
+            return evaluate(model, self.data.valid_loader, self.objective, self._score, self.trainer)
+        except TrainingError as exc:
+            raise TrainingError(f"epoch {epoch}, validation: {exc}; the last good checkpoint is kept") from None
+
+    def _score(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Competition score per item of one validation batch, at the metric resolution."""
+        cfg, size = self.cfg, self.data.metric_size
+        probs = resize_probs(probabilities(logits, cfg.data.mode), size)
+        truth = truth_masks(batch, self.data, cfg.data, size).to(probs.device)
+        if cfg.data.mode == "multiclass":
+            pred = torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).permute(0, 3, 1, 2).bool()
+            pred &= truth.any(dim=1, keepdim=True)  # ignored pixels count for nobody
+        else:
+            pred = probs > cfg.postprocess.threshold
+        if cfg.data.metric == "dice_pairs":
+            return self.metric(pred, truth, empty_score=cfg.data.empty_score)
+        pred, truth = pred.flatten(0, 1), truth.flatten(0, 1)  # one-class scores: (N * C, H, W)
+        if cfg.data.metric == "dice_image":
+            return self.metric(pred, truth, empty_score=cfg.data.empty_score)
+        return self.metric(pred, truth)
+
+    def _set_frozen(self, frozen: bool) -> None:
+        """Freeze / thaw the encoder and (re)wrap the model for DDP and torch.compile when that changes."""
+        if frozen == self.frozen:
+            return
+        if hasattr(self.model, "freeze_encoder"):
+            self.model.freeze_encoder() if frozen else self.model.unfreeze_encoder()
+        self.frozen = frozen
+        net: nn.Module = self.model
+        if self.info.distributed:
+            # NOTE rewrapped on thaw: DDP only syncs the parameters that required grad when it was built.
+            device_ids = [self.info.device] if self.info.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+        if self.cfg.train.compile:
+            net = torch.compile(net)
+        self.trainer.model = net
+
+    # ---------------------------------------------------------------------------------- files
+
+    def _prepare_folder(self, fresh: bool) -> None:
+        from segfold.config.load import save_config
+        from segfold.train.runlog import write_run_info
+
+        self.fold_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:  # a new run replaces the records of an old one in the same folder
+            shutil.rmtree(self.fold_dir / "tensorboard", ignore_errors=True)
+            remove_files(self.fold_dir, [p.name for p in self.fold_dir.glob("epoch[0-9][0-9][0-9].pt")])
+        save_config(self.cfg, self.fold_dir / "config.yaml")
+        write_run_info(self.fold_dir / "run_info.json", {
+            "fold": self.fold, "world_size": self.info.world_size, "device": str(self.info.device),
+            "precision": self.trainer.precision, "train_images": len(self.data.train_ids),
+            "valid_images": len(self.data.valid_ids), "metric_size": list(self.data.metric_size),
+        })
+
+    def _save_weights(self, path: Path, epoch: int, weights: str, values: tuple[float, float]) -> None:
+        module = self.ema.module if weights == "ema" else self.model
+        save_checkpoint(path, {
+            "model": module.state_dict(), "config": self.cfg_dict, "fold": self.fold, "epoch": epoch,
+            "weights": weights, "monitor": self.cfg.train.monitor, "value": values[0], "score": values[1],
+        })
+
+    def _save_last(self, epoch: int, finished: bool, metrics: dict[str, Any]) -> None:
+        sampler = self.data.train_sampler
+        save_checkpoint(self.fold_dir / "last.pt", {
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.trainer.optimizer.state_dict(),
+            "schedule": self.trainer.schedule.state_dict(),
+            "scaler": self.trainer.scaler.state_dict() if self.trainer.scaler is not None else None,
+            "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else {"epoch": epoch},
+            "rng": rng_state(),
+            "tracker": self.tracker.state_dict(),
+            "global_step": self.trainer.global_step,
+            "epoch": epoch,
+            "finished": finished,
+            "score": metrics["score"],
+            "config": self.cfg_dict,
+            "fold": self.fold,
+        })
+
+    def _restore(self) -> tuple[int, bool]:
+        """Load `last.pt` into every stateful part; returns (completed epochs, finished)."""
+        path = self.fold_dir / "last.pt"
+        if not path.is_file():
+            if self.info.is_main:
+                print(f"no {path} to resume from: fold {self.fold} starts from scratch", flush=True)
+            return 0, False
+        state = load_checkpoint(path, map_location=self.info.device)
+        for section in ("model", "data"):
+            if state["config"].get(section) != self.cfg_dict[section]:
+                raise TrainingError(
+                    f"{path}: the checkpoint was trained with another '{section}' section than this config; "
+                    "resume with the same config, or train from scratch (no --resume) in another experiment.name"
+                )
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+        self.trainer.optimizer.load_state_dict(state["optimizer"])
+        self.trainer.schedule.load_state_dict(state["schedule"])
+        if self.trainer.scaler is not None and state.get("scaler"):
+            self.trainer.scaler.load_state_dict(state["scaler"])
+        if hasattr(self.data.train_sampler, "load_state_dict"):
+            self.data.train_sampler.load_state_dict(state["sampler"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.trainer.global_step = int(state["global_step"])
+        set_rng_state(state["rng"])
+        return int(state["epoch"]), bool(state["finished"])
+
+    def _summary_line(self, m: dict[str, Any]) -> str:
+        ema = f" ema {m['ema_score']:.4f}" if "ema_score" in m else ""
+        best = f"{m['best_score']:.4f} (epoch {m['best_epoch']}, {self.tracker.best_weights})"
+        return (f"fold {self.fold} epoch {m['epoch']}/{self.cfg.train.epochs}: train_loss {m['train_loss']:.4f} "
+                f"valid_loss {m['valid_loss']:.4f} score {m['score']:.4f}{ema} best {best} "
+                f"lr {m['lr']:.2e} {m['images_per_second']:.1f} img/s {m['seconds']:.0f}s")
+
+    def _write_oof(self) -> Path:
+        """Out-of-fold probabilities of the best weights at the metric resolution, batch by batch."""
+        from torch.utils.data import DataLoader
+
+        from segfold.infer.store import ProbStore
+        from segfold.models import unpack_outputs
+
+        best = load_checkpoint(self.fold_dir / "best.pt", map_location=self.info.device)
+        model = self.model
+        model.load_state_dict(best["model"])
+        model.eval()
+        data, cfg = self.data, self.cfg
+        store = ProbStore.create(self.fold_dir, "oof", data.valid_ids, cfg.data.classes, *data.metric_size)
+        loader = DataLoader(data.valid_dataset, batch_size=cfg.train.valid_batch_size or cfg.train.batch_size,
+                            shuffle=False, num_workers=cfg.train.num_workers)
+        row = 0
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    images = self.trainer.to_device(batch)[0]
+                    out = unpack_outputs(model(images))
+                    probs = resize_probs(probabilities(out.masks, cfg.data.mode), data.metric_size)
+                    rows = np.arange(row, row + images.shape[0])
+                    store.write(rows, probs.cpu().numpy())
+                    if out.labels is not None:
+                        store.write_cls(rows, out.labels.float().sigmoid().cpu().numpy())
+                    row += images.shape[0]
+            store.finalize()
+        except BaseException:
+            store.abort()
+            raise
+        return self.fold_dir
