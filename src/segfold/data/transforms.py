@@ -8,6 +8,7 @@ attributes of the albumentations package and must be transform classes: nothing 
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,7 +26,8 @@ _REFUSED = {
 }
 
 
-def transform_names() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def transform_names() -> tuple[str, ...]:
     """Every albumentations transform or composition class a config may name."""
     names = []
     for name in dir(A):
@@ -33,7 +35,7 @@ def transform_names() -> list[str]:
         if isinstance(obj, type) and issubclass(obj, (A.BasicTransform, A.BaseCompose)) and name not in _REFUSED:
             if not inspect.isabstract(obj) and not name.startswith("_"):
                 names.append(name)
-    return sorted(names)
+    return tuple(sorted(names))
 
 
 def _accepted_arguments(cls: type) -> list[str] | None:
