@@ -442,8 +442,9 @@ def test_frozen_encoder_stays_at_its_initial_weights(tiny_data, tmp_path):
     from segfold.models import build_model
     from segfold.train import train
 
+    # also runs the channels-last and bf16-autocast (explicitly asked for on CPU) paths end to end
     cfg = tiny_config(tiny_data, tmp_path, train={"epochs": 2, "freeze_encoder_epochs": 1, "save_top_k": 2,
-                                                  "write_oof": False})
+                                                  "write_oof": False, "channels_last": True, "precision": "bf16"})
     train(cfg, 0)
     torch.manual_seed(cfg.experiment.seed)  # the trainer seeds torch this way before building the model
     initial = build_model(cfg.model, 4).state_dict()
@@ -475,3 +476,79 @@ def test_bad_config_is_one_line_through_the_script(tmp_path, repo_root, yaml_tex
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+
+
+# ------------------------------------------------------------------------------ objective and checks
+
+
+class _Heads(nn.Module):
+    """Stands in for a model: two deep heads and an aux head, as the objective reads them."""
+
+    def __init__(self, deep: int, aux: bool) -> None:
+        super().__init__()
+        self.deep_heads = nn.ModuleList(nn.Identity() for _ in range(deep)) if deep else None
+        self.classification_head = nn.Identity() if aux else None
+
+
+def test_objective_adds_deep_and_aux_terms_by_hand():
+    from segfold.train.objective import TrainingObjective
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    cfg = validate_config({"model": {"arch": "UnetPlusPlus", "deep_supervision": True, "aux": True},
+                           "loss": {"terms": [{"name": "bce", "weight": 2.0}], "aux_weight": 0.3,
+                                    "deep_supervision_weights": [0.5, 0.25]}})
+    objective = TrainingObjective(cfg, _Heads(deep=2, aux=True))
+    g = torch.Generator().manual_seed(0)
+    masks, d1, d2 = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    target = (torch.rand(2, 4, 8, 8, generator=g) > 0.5).float()
+    labels, presence = torch.randn(2, 4, generator=g), torch.tensor([[1.0, 0, 1, 0], [0, 0, 1, 1]])
+    value = objective((masks, labels, [d1, d2]), target, presence)
+    # 2 * bce(main) + 0.5 * 2 * bce(deep1) + 0.25 * 2 * bce(deep2) + 0.3 * bce(labels, presence)
+    expected = 2 * bce(masks, target) + 1.0 * bce(d1, target) + 0.5 * bce(d2, target) + 0.3 * bce(labels, presence)
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    # in eval mode the model returns (masks, labels): no deep term
+    assert float(objective((masks, labels), target, presence)) == pytest.approx(
+        float(2 * bce(masks, target) + 0.3 * bce(labels, presence)), rel=1e-5)
+
+
+def test_objective_skip_empty_scores_present_pairs_only():
+    from segfold.train.objective import TrainingObjective
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    cfg = validate_config({"model": {"aux": True}, "loss": {"terms": [{"name": "bce"}], "skip_empty": True,
+                                                           "aux_weight": 0.0}})
+    objective = TrainingObjective(cfg, _Heads(deep=0, aux=True))
+    g = torch.Generator().manual_seed(1)
+    masks = torch.randn(2, 4, 8, 8, generator=g)
+    target = torch.zeros(2, 4, 8, 8)
+    target[0, 0, :4] = 1  # class 0 only in image 0
+    target[:, 2, 2:5, 2:5] = 1  # class 2 in both images; classes 1 and 3 nowhere
+    value = objective(masks, target, (target.flatten(2).amax(2) > 0).float())
+    # mean over the present classes of the loss on their images: class 0 on image 0, class 2 on both
+    expected = (bce(masks[:1, 0], target[:1, 0]) + bce(masks[:, 2], target[:, 2])) / 2
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"loss": {"skip_empty": True}}, "the model has none: set model.aux: true"),
+        ({"loss": {"deep_supervision_weights": [0.5]}}, "model.deep_supervision is false"),
+        ({"train": {"epochs": 2}, "scheduler": {"warmup_epochs": 2}}, "must be shorter than train.epochs = 2"),
+        ({"loss": {"terms": [{"name": "dise"}]}}, r"loss.terms\[0\].name = 'dise' is not a loss; choose one of"),
+    ],
+)
+def test_cross_section_checks(raw, match):
+    from segfold.train.checks import check_training_config
+
+    with pytest.raises(ConfigError, match=match):
+        check_training_config(validate_config(raw))
+
+
+def test_default_config_is_the_demo_and_passes_the_training_checks(repo_root):
+    from segfold.config import load_config
+    from segfold.train.checks import check_training_config
+
+    cfg = load_config(repo_root / "configs" / "default.yaml")
+    check_training_config(cfg)
+    assert cfg.data.root == "input/demo" and cfg.data.folds.n_folds == 3 and cfg.model.encoder_weights is None

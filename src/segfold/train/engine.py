@@ -168,6 +168,8 @@ def evaluate(
     Returns:
         `{"valid_loss", "score"}` over every rank's images (each scored once).
     """
+    from segfold.models import unpack_outputs
+
     model.eval()
     loss_sum, count, scores = 0.0, 0, []
     for batch in loader:
@@ -177,7 +179,7 @@ def evaluate(
             loss = loss_fn(outputs, masks, presence)
         loss_sum += float(loss) * images.shape[0]
         count += images.shape[0]
-        logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        logits = unpack_outputs(outputs).masks
         scores.append(score_fn(logits.float(), batch).detach().reshape(-1).cpu().double())
     local = torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64)
     everything = torch.cat([part for part in gather_objects(local, trainer.info)])
