@@ -456,6 +456,18 @@ def test_frozen_encoder_stays_at_its_initial_weights(tiny_data, tmp_path):
     assert any(not torch.equal(second[k], initial[k]) for k in encoder if initial[k].is_floating_point())
 
 
+def test_patience_stops_early_on_the_validation_loss(tiny_data, tmp_path):
+    from segfold.train import train
+
+    # min_delta 10: no later epoch can lower the loss by that much, so epoch 2 is the first bad one
+    cfg = tiny_config(tiny_data, tmp_path, train={"epochs": 4, "monitor": "valid_loss", "patience": 1,
+                                                  "min_delta": 10.0, "write_oof": False})
+    result = train(cfg, 0)
+    assert (result["epochs_run"], result["stopped_early"], result["best_epoch"]) == (2, True, 1)
+    assert load_checkpoint(tmp_path / "tiny" / "fold0" / "last.pt")["finished"] is True
+    assert train(cfg, 0, resume=True)["epochs_run"] == 2  # a finished fold does not train again
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [

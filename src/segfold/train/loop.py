@@ -158,9 +158,8 @@ class FoldRun:
         logger = MetricsLogger(self.fold_dir, start_epoch) if info.is_main else None
         epoch = start_epoch
         try:
-            for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
-                if finished:
-                    break
+            while not finished and epoch < cfg.train.epochs:
+                epoch += 1
                 metrics = self._run_epoch(epoch, logger)
                 finished = self.tracker.should_stop(cfg.train.patience) or epoch == cfg.train.epochs
                 if info.is_main:
