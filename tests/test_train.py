@@ -564,3 +564,28 @@ def test_default_config_is_the_demo_and_passes_the_training_checks(repo_root):
     cfg = load_config(repo_root / "configs" / "default.yaml")
     check_training_config(cfg)
     assert cfg.data.root == "input/demo" and cfg.data.folds.n_folds == 3 and cfg.model.encoder_weights is None
+
+
+def test_batch_scores_multilabel_and_multiclass_by_hand():
+    from segfold.train.data import batch_scores
+
+    # multilabel, one image, 2 classes of 2 x 2 pixels; threshold 0.5
+    probs = torch.tensor([[[[0.9, 0.6], [0.1, 0.2]], [[0.2, 0.1], [0.3, 0.4]]]])
+    truth = torch.tensor([[[[1, 0], [0, 0]], [[0, 0], [0, 0]]]], dtype=torch.bool)
+    cfg = validate_config({"data": {"metric": "dice_pairs"}}).data
+    # class 0: pred {a, b}, truth {a}: 2 * 1 / (2 + 1) = 2/3; class 1: both empty -> 1
+    assert batch_scores(probs, truth, cfg, 0.5).flatten().tolist() == pytest.approx([2 / 3, 1.0])
+    empty_zero = validate_config({"data": {"metric": "dice_pairs", "empty_score": 0.0}}).data
+    assert batch_scores(probs, truth, empty_zero, 0.5).flatten().tolist() == pytest.approx([2 / 3, 0.0])
+
+    # multiclass, 3 classes on a 1 x 3 row; the last pixel is ignored (no truth class)
+    mc = validate_config({"data": {"mode": "multiclass", "classes": ["bg", "a", "b"], "background": "bg",
+                                   "metric": "dice_pairs"}}).data
+    probs = torch.tensor([[[[0.8, 0.1, 0.1]], [[0.1, 0.8, 0.1]], [[0.1, 0.1, 0.8]]]])  # argmax: bg, a, b
+    truth = torch.tensor([[[[1, 0, 0]], [[0, 1, 0]], [[0, 0, 0]]]], dtype=torch.bool)  # bg, a, ignored
+    # bg and a: exact -> 1, 1; b: its only predicted pixel is ignored, so both are empty -> 1 (not 0)
+    assert batch_scores(probs, truth, mc, 0.5).flatten().tolist() == pytest.approx([1.0, 1.0, 1.0])
+    truth[0, 2, 0, 2] = True  # the pixel labelled b after all -> b: 1 of 1 -> 1; a pixel of a missed instead:
+    truth[0, 1, 0, 1], truth[0, 0, 0, 1] = False, True  # pixel 1 is bg -> a: pred {1}, truth {} -> 0
+    # bg: pred {0}, truth {0, 1} -> 2 / 3
+    assert batch_scores(probs, truth, mc, 0.5).flatten().tolist() == pytest.approx([2 / 3, 0.0, 1.0])

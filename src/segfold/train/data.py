@@ -185,3 +185,27 @@ def truth_masks(batch: dict[str, Any], data: FoldData, data_cfg: Any, size: tupl
         valid = labels < classes  # ignore_index (and anything out of range) is no class
         return F.one_hot(labels.clamp(max=classes - 1), classes).permute(0, 3, 1, 2).bool() & valid[:, None]
     return mask > 0.5
+
+
+def batch_scores(probs: torch.Tensor, truth: torch.Tensor, data_cfg: Any, threshold: float) -> torch.Tensor:
+    """Per-item competition scores (`data.metric`) of probabilities against binary truth, same size.
+
+    Binary / multilabel pixels are positive when their probability exceeds `threshold`; multiclass
+    pixels take their argmax class (pixels without any truth class, the ignored ones, count for none).
+    `dice_pairs` scores every (image, class); the one-class scores (`dice_image`, `tgs_iou`) score
+    each class map of each image as one item.
+    """
+    from segfold.metrics.competition import get_competition_score
+
+    metric = get_competition_score(data_cfg.metric)
+    if data_cfg.mode == "multiclass":
+        pred = F.one_hot(probs.argmax(1), probs.shape[1]).permute(0, 3, 1, 2).bool()
+        pred &= truth.any(dim=1, keepdim=True)
+    else:
+        pred = probs > threshold
+    if data_cfg.metric == "dice_pairs":
+        return metric(pred, truth, empty_score=data_cfg.empty_score)
+    pred, truth = pred.flatten(0, 1), truth.flatten(0, 1)  # (N * C, H, W)
+    if data_cfg.metric == "dice_image":
+        return metric(pred, truth, empty_score=data_cfg.empty_score)
+    return metric(pred, truth)

@@ -27,7 +27,7 @@ from segfold.errors import TrainingError
 from segfold.io import write_json_atomic
 from segfold.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segfold.train.checks import check_training_config
-from segfold.train.data import FoldData, build_fold_data, probabilities, resize_probs, truth_masks
+from segfold.train.data import FoldData, batch_scores, build_fold_data, probabilities, resize_probs, truth_masks
 from segfold.train.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from segfold.train.engine import Trainer, evaluate, resolve_precision
 from segfold.train.objective import TrainingObjective
@@ -142,9 +142,6 @@ class FoldRun:
                                tcfg.accumulate_steps, tcfg.grad_clip, tcfg.channels_last)
         self.tracker = BestTracker(maximize=self.maximize, min_delta=tcfg.min_delta, top_k=tcfg.save_top_k)
         self.frozen: bool | None = None
-        from segfold.metrics.competition import get_competition_score
-
-        self.metric = get_competition_score(cfg.data.metric)
 
     # ------------------------------------------------------------------------------------ the run
 
@@ -244,17 +241,7 @@ class FoldRun:
         cfg, size = self.cfg, self.data.metric_size
         probs = resize_probs(probabilities(logits, cfg.data.mode), size)
         truth = truth_masks(batch, self.data, cfg.data, size).to(probs.device)
-        if cfg.data.mode == "multiclass":
-            pred = torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).permute(0, 3, 1, 2).bool()
-            pred &= truth.any(dim=1, keepdim=True)  # ignored pixels count for nobody
-        else:
-            pred = probs > cfg.postprocess.threshold
-        if cfg.data.metric == "dice_pairs":
-            return self.metric(pred, truth, empty_score=cfg.data.empty_score)
-        pred, truth = pred.flatten(0, 1), truth.flatten(0, 1)  # one-class scores: (N * C, H, W)
-        if cfg.data.metric == "dice_image":
-            return self.metric(pred, truth, empty_score=cfg.data.empty_score)
-        return self.metric(pred, truth)
+        return batch_scores(probs, truth, cfg.data, cfg.postprocess.threshold)
 
     def _set_frozen(self, frozen: bool) -> None:
         """Freeze / thaw the encoder and (re)wrap the model for DDP and torch.compile when that changes."""
