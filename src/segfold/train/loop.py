@@ -31,6 +31,7 @@ from segfold.train.data import FoldData, batch_scores, build_fold_data, probabil
 from segfold.train.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from segfold.train.engine import Trainer, evaluate, resolve_precision
 from segfold.train.objective import TrainingObjective
+from segfold.train.oof import write_oof
 from segfold.train.optim import build_optimizer, current_lr
 from segfold.train.schedule import LrSchedule
 from segfold.train.tracking import BestTracker, remove_files
@@ -46,20 +47,27 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def deterministic_mode(enabled: bool) -> Iterator[None]:
-    """`torch.use_deterministic_algorithms` for the duration of a run (restored afterwards)."""
+def deterministic_mode(enabled: bool, warn_only: bool = False) -> Iterator[None]:
+    """`torch.use_deterministic_algorithms` for the duration of a run (restored afterwards).
+
+    Args:
+        enabled: off means nothing changes.
+        warn_only: warn instead of failing at ops without a deterministic kernel (some CUDA backward
+            passes, e.g. bilinear upsampling, have none); on CPU every op the models use has one.
+    """
     if not enabled:
         yield
         return
     previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     benchmark = torch.backends.cudnn.benchmark
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
     torch.backends.cudnn.benchmark = False
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
         torch.backends.cudnn.benchmark = benchmark
 
 
@@ -84,7 +92,7 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
     """
     check_training_config(cfg)
     info = init_distributed(cfg.train.device)
-    with deterministic_mode(cfg.train.deterministic):
+    with deterministic_mode(cfg.train.deterministic, warn_only=info.device.type == "cuda"):
         return FoldRun(cfg, fold, info).fit(resume, epoch_callback)
 
 
@@ -338,34 +346,7 @@ class FoldRun:
                 f"lr {m['lr']:.2e} {m['images_per_second']:.1f} img/s {m['seconds']:.0f}s")
 
     def _write_oof(self) -> Path:
-        """Out-of-fold probabilities of the best weights at the metric resolution, batch by batch."""
-        from torch.utils.data import DataLoader
-
-        from segfold.infer.store import ProbStore
-        from segfold.models import unpack_outputs
-
+        """The fold's OOF from the weights in `best.pt` (loaded into the model: training is over)."""
         best = load_checkpoint(self.fold_dir / "best.pt", map_location=self.info.device)
-        model = self.model
-        model.load_state_dict(best["model"])
-        model.eval()
-        data, cfg = self.data, self.cfg
-        store = ProbStore.create(self.fold_dir, "oof", data.valid_ids, cfg.data.classes, *data.metric_size)
-        loader = DataLoader(data.valid_dataset, batch_size=cfg.train.valid_batch_size or cfg.train.batch_size,
-                            shuffle=False, num_workers=cfg.train.num_workers)
-        row = 0
-        try:
-            with torch.no_grad():
-                for batch in loader:
-                    images = self.trainer.to_device(batch)[0]
-                    out = unpack_outputs(model(images))
-                    probs = resize_probs(probabilities(out.masks, cfg.data.mode), data.metric_size)
-                    rows = np.arange(row, row + images.shape[0])
-                    store.write(rows, probs.cpu().numpy())
-                    if out.labels is not None:
-                        store.write_cls(rows, out.labels.float().sigmoid().cpu().numpy())
-                    row += images.shape[0]
-            store.finalize()
-        except BaseException:
-            store.abort()
-            raise
-        return self.fold_dir
+        self.model.load_state_dict(best["model"])
+        return write_oof(self.model, self.data, self.cfg, self.fold_dir, self.trainer.to_device)
