@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "score" in result:
         print(result["table"])
         print(f"test {cfg.data.metric} = {result['score']:.5f}")
+        from segfold.io import write_json_atomic
+
+        write_json_atomic(cfg.experiment.output_dir / "submission_score.json",
+                          {"labels": args.score, "metric": cfg.data.metric, "score": result["score"]})
     return result
 
 
