@@ -398,3 +398,10 @@ def test_trace_and_export(arch):
     torch.testing.assert_close(traced(x), expected)
     exported = torch.export.export(model, (x,))
     torch.testing.assert_close(exported.module()(x), expected)
+
+
+def test_top_level_exports_the_encoder_listing():
+    import segfold
+
+    names = segfold.list_encoders()
+    assert "efficientnet-b0" in names and "resnet34" in names and "mit_b0" in names

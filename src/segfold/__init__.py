@@ -20,7 +20,9 @@ _MODEL_EXPORTS = (
     "PAN", "DeepLabV3", "DeepLabV3Plus", "UPerNet", "Segformer", "DPT",
 )
 
-__all__ = ["__version__", *_MODEL_EXPORTS]
+_ENCODER_EXPORTS = ("list_encoders", "get_encoder", "get_preprocessing_params")
+
+__all__ = ["__version__", *_MODEL_EXPORTS, *_ENCODER_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +30,10 @@ def __getattr__(name: str) -> Any:
         import segfold.models
 
         return getattr(segfold.models, name)
+    if name in _ENCODER_EXPORTS:
+        import segfold.encoders
+
+        return getattr(segfold.encoders, name)
     raise AttributeError(f"module 'segfold' has no attribute {name!r}")
 
 
