@@ -57,3 +57,14 @@ def test_yaml_is_never_executed(tmp_path):
     path.write_text("experiment: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(path)
+
+
+def test_every_config_in_configs_loads(repo_root):
+    from segfold.search.hparams import check_space
+
+    paths = sorted((repo_root / "configs").glob("*.yaml"))
+    assert len(paths) >= 5
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.experiment.name
+    check_space(load_config(repo_root / "configs" / "default.yaml"))  # the default search runs as it is

@@ -117,6 +117,8 @@ def test_space_key_typo_is_a_config_error(tmp_path):
 def test_param_spec_validation():
     with pytest.raises(ConfigError, match="'low' .* must be below 'high'"):
         validate_config({"search": {"space": {"optim.lr": {"type": "float", "low": 1.0, "high": 0.1}}}})
+    with pytest.raises(ConfigError, match="categorical choices must be numbers"):
+        validate_config({"search": {"space": {"loss.terms": {"type": "categorical", "choices": [[{"name": "bce"}]]}}}})
     with pytest.raises(ConfigError, match="non-empty 'choices'"):
         validate_config({"search": {"space": {"model.arch": {"type": "categorical"}}}})
 

@@ -35,6 +35,10 @@ class ParamSpec(StrictModel):
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            bad = [c for c in self.choices if c is not None and not isinstance(c, (bool, int, float, str))]
+            if bad:
+                raise ValueError(f"categorical choices must be numbers, strings, booleans or null (Optuna stores "
+                                 f"them), got {bad[0]!r}; search a scalar key instead, e.g. loss weights one by one")
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
