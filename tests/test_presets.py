@@ -43,7 +43,7 @@ def test_presets_state_the_competition_facts(repo_root):
         "UnetPlusPlus", "efficientnet-b4", "imagenet")
     assert severstal.data.image_shape == (256, 1600) and len(severstal.data.classes) == 4
     crop = severstal.data.augment.train[0]
-    assert (crop["name"], crop["height"], crop["width"]) == ("RandomCrop", 256, 512)
+    assert (crop["name"], crop["height"], crop["width"]) == ("CropNonEmptyMaskIfExists", 256, 512)
     assert severstal.data.metric == "dice_pairs"
     assert all(rule.min_area >= 100 for rule in severstal.postprocess.per_class.values())
     clouds = load_config(repo_root / "configs" / "clouds.yaml")
@@ -155,7 +155,7 @@ def test_preset_reads_its_layout_and_writes_a_submission(repo_root, tmp_path, na
 
     item = SegmentationDataset(data, train_ids, annotations=annotations, transforms=build_transforms(data, "train"),
                                mean=[0.5] * 3, std=[0.25] * 3)[0]
-    crop = next((t for t in data.augment.train if t["name"] == "RandomCrop"), None)
+    crop = next((t for t in data.augment.train if t["name"] in ("RandomCrop", "CropNonEmptyMaskIfExists")), None)
     size = (crop["height"], crop["width"]) if crop else tuple(data.image_size or shape)
     assert item["image"].shape == (3, *size) and item["mask"].shape[-2:] == size
 
