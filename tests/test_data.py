@@ -159,6 +159,31 @@ def test_png_binary_per_image_and_per_class(tmp_path):
         formats.read_train(per_class)
 
 
+def test_png_binary_single_class_with_a_class_folder(tmp_path):
+    # one class whose masks live in a per-class folder: train_masks/x/<stem>.png, not train_masks/<stem>.png
+    write_images(tmp_path / "train_images", ["a.jpg"])
+    (tmp_path / "train_masks" / "x").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train_masks" / "x" / "a.png"), A1 * 255)
+    cfg = DataConfig(root=str(tmp_path), format="png_binary", mode="binary", classes=["x"], train_csv=None,
+                     mask_pattern="{class}/{stem}.png", test_labels=None)
+    ann = formats.read_train(cfg)
+    np.testing.assert_array_equal(ann.mask("a.jpg"), A1[None])
+    np.testing.assert_array_equal(ann.areas, [[3]])  # A1: column 0, rows 0..2
+    (tmp_path / "train_masks" / "x" / "a.png").unlink()
+    with pytest.raises(DataError, match=r"1 mask file\(s\) are missing: train_masks/x/a.png"):
+        formats.read_train(cfg)
+
+
+def test_multiclass_background_area_ignores_rows_of_the_background_class(tmp_path):
+    # a CSV that also lists the background class: "1 20" covers all 20 pixels; class "1" is A1 (3 pixels)
+    write_images(tmp_path / "train_images", ["a.png"])
+    (tmp_path / "train.csv").write_text("ImageId,ClassId,EncodedPixels\na.png,bg,1 20\na.png,1,1 3\n")
+    cfg = DataConfig(root=str(tmp_path), classes=["bg", "1"], mode="multiclass", background="bg", test_labels=None)
+    ann = formats.read_train(cfg)
+    np.testing.assert_array_equal(ann.mask("a.png"), A1)  # class "1" -> index 1, the rest background 0
+    np.testing.assert_array_equal(ann.areas, [[20 - 3, 3]])  # as many background pixels as the mask has
+
+
 def test_png_index_multiclass_with_ignore_and_multilabel(tmp_path):
     write_images(tmp_path / "train_images", ["a.png"], shape=(2, 3))
     (tmp_path / "train_masks").mkdir()

@@ -167,3 +167,10 @@ def test_bad_arguments():
         rle.decode("1 1", (0, 4))
     with pytest.raises(DataError, match="string"):
         rle.decode(float("nan"), (3, 4))
+
+
+def test_validate_refuses_a_non_string_in_both_forms():
+    # pandas gives NaN for an empty cell unless read as text; both forms must say so, not raise AttributeError
+    for relative in (False, True):
+        with pytest.raises(DataError, match="RLE must be a string, got float"):
+            rle.validate(float("nan"), (3, 4), relative=relative)

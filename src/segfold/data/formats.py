@@ -133,7 +133,7 @@ class Annotations:
         else:
             channels = np.zeros((len(cfg.classes), height, width), dtype=np.uint8)
             for c, name in enumerate(cfg.classes):
-                values = read_label_png(mask_path(cfg, image_id, name if len(cfg.classes) > 1 else None))
+                values = read_label_png(mask_path(cfg, image_id, name))
                 if values.shape[:2] != (height, width):
                     raise MaskSizeError(image_id, values.shape, (height, width))
                 channels[c] = values.reshape(height, width, -1).any(axis=2)
@@ -262,7 +262,9 @@ def _read_csv_labels(cfg: DataConfig, path: Path, split: str, image_ids: list[st
             areas[i, c] += area
     if cfg.mode == "multiclass":
         b = cfg.classes.index(cfg.background)
-        areas[:, b] = np.clip(shapes.prod(axis=1) - areas.sum(axis=1), 0, None)  # exact unless classes overlap
+        # rows of the background class itself (some CSVs list every class) do not count as covered
+        covered = areas.sum(axis=1) - areas[:, b]
+        areas[:, b] = np.clip(shapes.prod(axis=1) - covered, 0, None)  # exact unless classes overlap
     metadata = extra.drop_duplicates("image").set_index("image").reindex(image_ids)
     return Annotations(cfg, split, image_ids, shapes, areas, rles, metadata)
 
@@ -292,7 +294,7 @@ def _read_png_labels(cfg: DataConfig) -> Annotations:
         where = str(folder)
     if not image_ids:
         raise DataError(f"no training images found in {folder} (check data.root and data.train_images)")
-    names = [None] if cfg.format == "png_index" or len(cfg.classes) == 1 else cfg.classes
+    names = [None] if cfg.format == "png_index" else cfg.classes
     missing = [str(mask_path(cfg, i, n).relative_to(cfg.root_path)) for i in image_ids for n in names
                if not mask_path(cfg, i, n).is_file()]
     if missing:

@@ -276,6 +276,8 @@ def validate(rle: str, shape: Sequence[int], relative: bool = False) -> int:
         DataError: for every malformation `decode` / `decode_relative` reject.
     """
     shape = _check_shape(shape)
+    if not isinstance(rle, str):
+        raise DataError(f"RLE must be a string, got {type(rle).__name__} {rle!r}")
     if relative:
         if rle.strip() == "-1":
             return 0
