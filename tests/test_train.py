@@ -589,3 +589,19 @@ def test_batch_scores_multilabel_and_multiclass_by_hand():
     truth[0, 1, 0, 1], truth[0, 0, 0, 1] = False, True  # pixel 1 is bg -> a: pred {1}, truth {} -> 0
     # bg: pred {0}, truth {0, 1} -> 2 / 3
     assert batch_scores(probs, truth, mc, 0.5).flatten().tolist() == pytest.approx([2 / 3, 0.0, 1.0])
+
+
+def test_oof_and_validation_resize_like_the_test_store():
+    """A 4x shrink to the metric size averages areas, as `scripts/predict.py` does for the test store
+    (thresholds tuned on the OOF then see the same kind of map as the test probabilities)."""
+    from segfold.infer.predict import resize_probs as test_resize
+    from segfold.train.data import resize_probs
+
+    probs = torch.zeros(1, 1, 8, 8)
+    probs[0, 0, 0, 0] = 1.0  # one hot pixel: its 4x4 block averages to 1/16
+    expected = torch.tensor([[1 / 16, 0.0], [0.0, 0.0]])
+    torch.testing.assert_close(resize_probs(probs, (2, 2))[0, 0], expected)
+    torch.testing.assert_close(test_resize(probs, (2, 2))[0, 0], expected)
+    # small changes of size stay bilinear on both sides (4 -> 3: 5/6 of row 0 and 1/6 of row 1)
+    ramp = torch.arange(4, dtype=torch.float32).reshape(1, 1, 4, 1).expand(1, 1, 4, 2)
+    torch.testing.assert_close(resize_probs(ramp, (3, 2))[0, 0, :, 0], torch.tensor([1 / 6, 1.5, 17 / 6]))

@@ -159,9 +159,16 @@ def probabilities(logits: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (N, C, h, w) probabilities to `size` (a no-op when already there)."""
+    """Resize (N, C, h, w) probabilities to `size` (a no-op when already there).
+
+    The same rule as `segfold.infer.predict.resize_probs` (the test store), so that the OOF the
+    thresholds are tuned on and the test probabilities they are applied to are resized alike: area
+    averaging when both sides shrink by 2x or more, else bilinear (align_corners=False).
+    """
     if tuple(probs.shape[-2:]) == tuple(size):
         return probs
+    if probs.shape[-2] >= 2 * size[0] and probs.shape[-1] >= 2 * size[1]:
+        return F.interpolate(probs, size=tuple(size), mode="area")
     return F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
 
 
