@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=None, help="multi-scale TTA factors, e.g. 0.75 1.25")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    if args.folds is not None and args.folds.strip().lower() == "all":
+        cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"folds": None})})  # every trained fold
 
     from segfold.infer.predict import predict_test
 

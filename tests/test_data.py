@@ -444,3 +444,13 @@ def test_ensure_demo_data_writes_a_demo_root_once(tmp_path, monkeypatch):
     assert demo.ensure_demo_data(cfg) is True
     assert len(formats.read_train(cfg)) == 3
     assert demo.ensure_demo_data(cfg) is False
+
+
+@pytest.mark.parametrize("metric", ["dice_image", "tgs_iou"])
+def test_per_image_metrics_refuse_several_scored_classes(metric):
+    from segfold.config import validate_config
+    from segfold.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"metric '{metric}' scores one mask per image.*use metric 'dice_pairs'"):
+        validate_config({"data": {"classes": ["a", "b"], "metric": metric}})
+    assert validate_config({"data": {"classes": ["a"], "mode": "binary", "metric": metric}}).data.metric == metric

@@ -146,6 +146,10 @@ class DataConfig(StrictModel):
                              f"{self.classes} (the label of pixels no mask covers)")
         if self.format in CSV_FORMATS and self.train_csv is None:
             raise ValueError(f"format '{self.format}' reads its labels from train_csv; set it")
+        scored = [c for c in self.classes if c != self.background]
+        if self.metric in ("dice_image", "tgs_iou") and len(scored) > 1:
+            raise ValueError(f"metric '{self.metric}' scores one mask per image, but {len(scored)} classes are "
+                             f"scored ({scored}); use metric 'dice_pairs' for several classes")
         return self
 
     @property
