@@ -399,3 +399,19 @@ def test_masked_by_presence_skips_absent_pairs():
     assert float(empty.detach()) == 0.0 and logits.grad is not None
     with pytest.raises(ValueError, match="presence must be"):
         loss(logits, masks, torch.ones(2, 3))
+
+
+def test_build_loss_passes_the_data_ignore_index_to_losses_that_take_it():
+    from segfold.losses import build_loss
+
+    # 1 image, 2 classes, 2 pixels: pixel 0 is class 1, pixel 1 is ignored (255).
+    logits = torch.tensor([[[[0.0, 5.0]], [[0.0, -5.0]]]])  # (1, 2, 1, 2)
+    target = torch.tensor([[[1, 255]]])
+    loss = build_loss([{"name": "ce"}, {"name": "dice"}], "multiclass", ignore_index=255)
+    # CE of the kept pixel: -log softmax([0, 0])[1] = log 2; the ignored pixel contributes 0 and, as in the
+    # reference's SoftCrossEntropyLoss, still counts in the mean over the 2 pixels: log 2 / 2
+    assert torch.isfinite(loss(logits, target))
+    assert loss.losses[0](logits, target).item() == pytest.approx(math.log(2) / 2, abs=1e-6)
+    explicit = build_loss([{"name": "ce", "params": {"ignore_index": 7}}], "multiclass", ignore_index=255)
+    with pytest.raises(ValueError):
+        explicit(logits, target)  # the term's own ignore_index wins, so 255 is an out-of-range label

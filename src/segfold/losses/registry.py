@@ -78,7 +78,7 @@ def get_loss(name: str, **params: Any) -> nn.Module:
     return entry.factory(**{**entry.defaults, **params})
 
 
-def build_loss(terms: Iterable[Mapping[str, Any] | Any], mode: str) -> JointLoss:
+def build_loss(terms: Iterable[Mapping[str, Any] | Any], mode: str, ignore_index: int | None = None) -> JointLoss:
     """Build the training objective from config terms: a `JointLoss` of weighted registered losses.
 
     Args:
@@ -86,6 +86,8 @@ def build_loss(terms: Iterable[Mapping[str, Any] | Any], mode: str) -> JointLoss
             such as the config's `LossTerm`); `weight` defaults to 1 and `params` to `{}`.
         mode: the task's mode, passed to every loss that takes one; a loss that does not support the mode
             (e.g. `ce` outside multiclass, `bce` in multiclass) is an error.
+        ignore_index: the data's ignore label, given to every loss that takes `ignore_index` and has none
+            in its params (so `data.ignore_label` reaches the objective without repeating it per term).
     """
     if mode not in MODES:
         raise ValueError(f"build_loss: mode={mode!r} is not one of {list(MODES)}")
@@ -107,6 +109,8 @@ def build_loss(terms: Iterable[Mapping[str, Any] | Any], mode: str) -> JointLoss
                 raise ValueError(f"params.mode={params['mode']!r} contradicts the task's mode {mode!r}; remove it")
             if entry.takes_mode:
                 params["mode"] = mode
+            if ignore_index is not None and "ignore_index" in inspect.signature(entry.factory).parameters:
+                params.setdefault("ignore_index", ignore_index)
             loss = get_loss(name, **params)
         except (TypeError, ValueError) as error:
             raise ValueError(f"loss.terms[{index}] ({name}): {error}") from error

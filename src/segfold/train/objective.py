@@ -31,7 +31,8 @@ class TrainingObjective(nn.Module):
 
         mode = cfg.data.mode
         try:
-            mask_loss: nn.Module = build_loss(cfg.loss.terms, mode)
+            ignore = cfg.data.ignore_index if cfg.data.ignore_label is not None else None
+            mask_loss: nn.Module = build_loss(cfg.loss.terms, mode, ignore_index=ignore)
         except ValueError as exc:
             raise ConfigError(f"loss.terms: {exc}") from None
         if cfg.loss.skip_empty:
