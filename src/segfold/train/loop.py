@@ -156,6 +156,10 @@ class FoldRun:
     def fit(self, resume: bool, epoch_callback: EpochCallback | None) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
         start_epoch, finished = self._restore() if resume else (0, False)
+        if finished and info.is_main:
+            # NOTE: a finished run is not extended (its schedule ended); raising train.epochs needs a new run
+            print(f"fold {self.fold} already finished at epoch {start_epoch}: nothing to resume "
+                  f"(to train longer, start a new run without --resume)", flush=True)
         if info.is_main:
             self._prepare_folder(fresh=start_epoch == 0)
         from segfold.train.runlog import MetricsLogger
