@@ -605,3 +605,35 @@ def test_oof_and_validation_resize_like_the_test_store():
     # small changes of size stay bilinear on both sides (4 -> 3: 5/6 of row 0 and 1/6 of row 1)
     ramp = torch.arange(4, dtype=torch.float32).reshape(1, 1, 4, 1).expand(1, 1, 4, 2)
     torch.testing.assert_close(resize_probs(ramp, (3, 2))[0, 0, :, 0], torch.tensor([1 / 6, 1.5, 17 / 6]))
+
+
+def test_positive_share_sampler_ignores_the_background_class_in_multiclass(tmp_path):
+    """4 images, class 'a' in 2 of them; every image has background pixels, which must not make it positive."""
+    import cv2
+
+    from segfold.data import rle
+    from segfold.train.data import build_fold_data
+    from segfold.train.distributed import DistInfo
+
+    (tmp_path / "train_images").mkdir()
+    rows = ["ImageId,ClassId,EncodedPixels"]
+    for k in range(4):
+        cv2.imwrite(str(tmp_path / "train_images" / f"i{k}.png"), np.full((16, 16, 3), 40 * k, np.uint8))
+        if k in (1, 3):
+            mask = np.zeros((16, 16), np.uint8)
+            mask[2:6, 2:6] = 1
+            rows.append(f"i{k}.png,a,{rle.encode(mask)}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    cfg = validate_config({
+        "experiment": {"name": "mc", "output_root": str(tmp_path / "out")},
+        "data": {"root": str(tmp_path), "mode": "multiclass", "classes": ["bg", "a"], "background": "bg",
+                 "test_labels": None, "sample_submission": None,
+                 "folds": {"n_folds": 2, "method": "kfold"}, "sampler": {"positive_share": 0.5}},
+        "model": {"arch": "Unet", "encoder_name": "test_resnet", "encoder_weights": None},
+        "loss": {"terms": [{"name": "ce"}]},
+        "train": {"batch_size": 2},
+    })
+    data = build_fold_data(cfg, 0, DistInfo(), [0.0] * 3, [1.0] * 3)
+    train_has_a = [i in ("i1.png", "i3.png") for i in data.train_ids]
+    assert len(data.train_sampler.positives) == sum(train_has_a)
+    assert len(data.train_sampler.negatives) == len(train_has_a) - sum(train_has_a)

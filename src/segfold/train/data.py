@@ -126,6 +126,10 @@ def build_fold_data(cfg: Any, fold: int, info: DistInfo, mean: list[float], std:
     share = cfg.data.sampler.positive_share
     if share is not None:
         presence = annotations.presence[[annotations.index(i) for i in train_ids]]
+        if cfg.data.background in cfg.data.classes:
+            # NOTE: the background class is present in almost every image; "positive" means a foreground class
+            keep = [c != cfg.data.background for c in cfg.data.classes]
+            presence = presence[:, keep]
         sampler: Any = PositiveShareSampler(presence, share, None, seed=seed, batch_size=batch_size,
                                             num_replicas=info.world_size, rank=info.rank)
     else:
