@@ -185,7 +185,7 @@ def test_model_pads_to_its_stride_and_crops_back():
         assert model(torch.rand(1, 3, 45, 61)).shape == (1, 2, 45, 61)  # 45x61 is no multiple of 32
 
 
-def _write_experiment(tmp_path, folds=(0, 1), aux=True):
+def _write_experiment(tmp_path, folds=(0, 1), aux=True, preprocessing=None):
     """A 2-image test set (40x56 PNGs) and two trained-looking fold checkpoints of a tiny Unet."""
     import cv2
     import yaml
@@ -212,8 +212,10 @@ def _write_experiment(tmp_path, folds=(0, 1), aux=True):
         torch.manual_seed(fold + 1)
         model = build_model(cfg.model, 2)
         (cfg.experiment.output_dir / f"fold{fold}").mkdir(parents=True)
-        torch.save({"model": model.state_dict(), "config": cfg.model_dump(mode="json"), "epoch": 1, "score": 0.5},
-                   cfg.experiment.output_dir / f"fold{fold}" / "best.pt")
+        state = {"model": model.state_dict(), "config": cfg.model_dump(mode="json"), "epoch": 1, "score": 0.5}
+        if preprocessing is not None:
+            state["preprocessing"] = preprocessing
+        torch.save(state, cfg.experiment.output_dir / f"fold{fold}" / "best.pt")
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
     return cfg, path
@@ -283,3 +285,35 @@ def test_infer_config_checks_tiles_and_scales():
         validate_config({"infer": {"scales": [0.0, 1.0]}})
     with pytest.raises(ConfigError, match="infer.tta"):
         validate_config({"infer": {"tta": "d8"}})
+
+
+def test_predict_normalises_as_the_checkpoint_records(tmp_path):
+    """The mean/std a checkpoint was trained with (not the encoder name's defaults) normalise the test images."""
+    import cv2
+
+    from segfold.infer.predict import predict_test
+
+    record = {"mean": [0.2, 0.3, 0.4], "std": [0.5, 0.25, 0.125], "input_range": [0, 1]}
+    cfg, _ = _write_experiment(tmp_path, folds=(0,), aux=False, preprocessing=record)
+    store = predict_test(cfg, tta="none", log=lambda *a: None)
+    image = cv2.cvtColor(cv2.imread(str(cfg.data.root_path / "test_images" / "t1.png")), cv2.COLOR_BGR2RGB)
+    pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    model = build_fold0_model(cfg)
+
+    def probs(mean, std):
+        x = (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+        with torch.no_grad():
+            return torch.sigmoid(model(x[None]))[0].numpy()
+
+    assert np.abs(store.read(1) - probs(record["mean"], record["std"])).max() <= 0.5 / 255 + 1e-5
+    default = model.pretrained_cfg  # the encoder's own defaults give other probabilities: the test can fail
+    assert np.abs(probs(default["mean"], default["std"]) - probs(record["mean"], record["std"])).max() > 0.01
+
+
+def build_fold0_model(cfg):
+    """Fold 0's network with its checkpoint's weights, rebuilt by hand (not through load_checkpoint_model)."""
+    from segfold.models import build_model
+
+    model = build_model(cfg.model, 2).eval()
+    model.load_state_dict(torch.load(cfg.experiment.output_dir / "fold0" / "best.pt", weights_only=True)["model"])
+    return model

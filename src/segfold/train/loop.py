@@ -120,10 +120,16 @@ class FoldRun:
         self.cfg_dict = config_to_dict(cfg)
         tcfg = cfg.train
         # the data first: a wrong path fails before any model is built
-        norm = get_preprocessing_params(cfg.model.encoder_name, cfg.model.encoder_weights or "imagenet")
+        norm = get_preprocessing_params(cfg.model.encoder_name, cfg.model.encoder_weights)
         self.data: FoldData = build_fold_data(cfg, fold, info, list(norm["mean"]), list(norm["std"]))
         seed_everything(cfg.experiment.seed)
         model = build_model(cfg.model, len(cfg.data.classes))
+        loaded = model.pretrained_cfg  # the normalisation of the weights the encoder actually loaded
+        if (loaded["mean"], loaded["std"]) != (norm["mean"], norm["std"]):
+            raise TrainingError(f"the encoder's weights expect inputs normalised with mean {loaded['mean']} / std "
+                                f"{loaded['std']}, the data was set up with {norm['mean']} / {norm['std']}; "
+                                "please report this (segfold.encoders.get_preprocessing_params disagrees)")
+        self.preprocessing = loaded
         model.to(info.device)
         if tcfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -292,6 +298,7 @@ class FoldRun:
         module = self.ema.module if weights == "ema" else self.model
         save_checkpoint(path, {
             "model": module.state_dict(), "config": self.cfg_dict, "fold": self.fold, "epoch": epoch,
+            "preprocessing": self.preprocessing,
             "weights": weights, "monitor": self.cfg.train.monitor, "value": values[0], "score": values[1],
         })
 
@@ -311,6 +318,7 @@ class FoldRun:
             "finished": finished,
             "score": metrics["score"],
             "config": self.cfg_dict,
+            "preprocessing": self.preprocessing,
             "fold": self.fold,
         })
 
