@@ -3,6 +3,7 @@ PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
+CHAIN_ARGS ?=
 
 .PHONY: install install-dev test demo camvid lint bench
 
@@ -19,11 +20,11 @@ test: install-dev
 
 # The main job: the whole chain on the synthetic demo competition (made on first use).
 demo: install
-	$(PYTHON) scripts/run_chain.py --config configs/default.yaml
+	$(PYTHON) scripts/run_chain.py --config configs/default.yaml $(CHAIN_ARGS)
 
 # The same chain on the real CamVid-4 data in ../shared/data/camvid4.
 camvid: install
-	$(PYTHON) scripts/run_chain.py --config configs/camvid4.yaml
+	$(PYTHON) scripts/run_chain.py --config configs/camvid4.yaml $(CHAIN_ARGS)
 
 lint: install-dev
 	$(PYTHON) -m ruff check src scripts tests

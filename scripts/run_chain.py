@@ -27,7 +27,7 @@ def stage_command(stage: str, args: argparse.Namespace, labels: Path | None) -> 
     if args.overrides:
         command += ["--set", *args.overrides]
     if stage == "train":
-        command += ["--fold", "all"]
+        command += ["--fold", "all"] + [f"--{flag}" for flag in ("resume", "overwrite") if getattr(args, flag)]
     if stage == "predict" and args.tta:
         command += ["--tta", args.tta]
     if stage == "make_submission" and labels is not None:
@@ -39,6 +39,9 @@ def stage_command(stage: str, args: argparse.Namespace, labels: Path | None) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--from-stage", choices=STAGES, default=STAGES[0], help="skip the stages before this one")
+    parser.add_argument("--resume", action="store_true", help="train: continue every fold from its last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train: start every fold again (old runs move to <experiment>/replaced/)")
     parser.add_argument("--tta", choices=["none", "flips", "d4"], default=None, help="override infer.tta")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)

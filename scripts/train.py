@@ -3,6 +3,7 @@
     python scripts/train.py --fold 0                                  # the demo, fold 0 (data made on first use)
     python scripts/train.py --config configs/x.yaml --fold all --set train.epochs=3 model.encoder_weights=null
     python scripts/train.py --config configs/x.yaml --fold 0 --resume   # continue from fold0/last.pt
+    python scripts/train.py --config configs/x.yaml --fold 0 --overwrite  # start again (old run kept in replaced/)
 
 Several processes (DistributedDataParallel; gloo on CPU, nccl on CUDA) through torchrun:
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--fold", default="0", help="fold number, comma list (0,2) or 'all' (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again on folds that hold a run (the old folder moves to <experiment>/replaced/)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
@@ -54,12 +57,12 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if len(folds) == 1:
-            result = train(cfg, folds[0], resume=args.resume)
+            result = train(cfg, folds[0], resume=args.resume, overwrite=args.overwrite)
             if init_distributed(cfg.train.device).is_main:
                     print(f"fold {folds[0]}: best score {result['best_score']:.4f} at epoch {result['best_epoch']} "
                       f"({result['best_weights']} weights); outputs in {result['fold_dir']}")
         else:
-            train_folds(cfg, folds, resume=args.resume)
+            train_folds(cfg, folds, resume=args.resume, overwrite=args.overwrite)
     finally:
         cleanup_distributed()
 

@@ -41,7 +41,9 @@ def script_main(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (SegfoldError, FileNotFoundError) as exc:
+        except (SegfoldError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError,
+                PermissionError) as exc:
+            # NOTE: the OS errors are a user's paths (a file where a folder should be, no write access)
             if os.environ.get("SEGFOLD_DEBUG"):
                 raise
             print(f"error: {exc}", file=sys.stderr)

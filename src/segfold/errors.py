@@ -21,3 +21,8 @@ class WeightsError(SegfoldError, RuntimeError):
 
 class TrainingError(SegfoldError, RuntimeError):
     """A run that had to stop: a NaN or infinite loss, a checkpoint that does not match."""
+
+
+class OutputError(SegfoldError, OSError):
+    """An output that cannot be written where asked: a file where a folder should be, or the reverse."""
+

@@ -58,5 +58,5 @@ def format_validation_error(error: ValidationError, model: type[BaseModel], sour
         else:
             value = item.get("input")
             shown = repr(value) if not isinstance(value, dict) else "a mapping"
-            messages.append(f"key '{path}' = {shown}: {item['msg']}")
+            messages.append(f"key '{path}' = {shown}: {item['msg'].removeprefix('Value error, ')}")
     return f"{source}: " + "; ".join(messages)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import field_validator
 
 from segfold.config.base import StrictModel
 from segfold.data.config import DataConfig
@@ -17,9 +18,17 @@ from segfold.train.config import LossConfig, OptimConfig, SchedulerConfig, Train
 class ExperimentConfig(StrictModel):
     """Name and place of a run: everything it writes goes to `<output_root>/<name>/`."""
 
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = "demo"
     output_root: str = "outputs"
     seed: int = 42
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name) or set(name) == {"."}:
+            raise ValueError("must be a plain folder name of letters, digits, '_', '.' and '-' (not a path, "
+                             "not '.' or '..'); put the parent folder in experiment.output_root")
+        return name
 
     @property
     def output_dir(self) -> Path:

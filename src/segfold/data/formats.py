@@ -1,9 +1,11 @@
 """Readers for the label layouts of Kaggle segmentation competitions, all giving one `Annotations`.
 
 `read_train(data_cfg)` checks what it reads and names what is wrong: images listed but missing,
-unreadable image files, masks whose size differs from their image, malformed RLE strings (with the
-CSV line and ImageId), unknown class names. Images on disk without a row are empty images in the
-`csv_long` layout (Severstal writes no row for a clean image) and a DataWarning elsewhere.
+unreadable or truncated image files, masks whose size differs from their image, malformed RLE strings
+(with the CSV line and ImageId), unknown class names, labels without a single positive pixel (and,
+as warnings, classes without one and images whose size differs from nearly all others'). Images on
+disk without a row are empty images in the `csv_long` layout (Severstal writes no row for a clean
+image) and a DataWarning elsewhere.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 from segfold.data import rle as rle_codec
 from segfold.data.config import CSV_FORMATS, DataConfig
 from segfold.data.images import (
+    check_complete,
     check_sizes,
     image_shapes,
     list_images,
@@ -272,9 +275,49 @@ def _read_csv_labels(cfg: DataConfig, path: Path, split: str, image_ids: list[st
 def _shapes(cfg: DataConfig, image_ids: list[str], split: str, where: str) -> np.ndarray:
     paths = [image_path(cfg, image_id, split) for image_id in image_ids]
     shapes = image_shapes(paths, image_ids, where) if image_ids else np.zeros((0, 2), dtype=np.int64)
+    folder = paths[0].parent if paths else where
     if cfg.image_shape is not None:
-        check_sizes(image_ids, shapes, cfg.image_shape, f"image(s) in {paths[0].parent if paths else where}")
+        check_sizes(image_ids, shapes, cfg.image_shape, f"image(s) in {folder}")
+    elif cfg.format in CSV_FORMATS:
+        _warn_odd_sizes(image_ids, shapes, folder)
     return shapes
+
+
+def _warn_odd_sizes(image_ids: list[str], shapes: np.ndarray, folder: Path | str) -> None:
+    """DataWarning naming the few images whose size differs from nearly all others'.
+
+    An RLE is decoded at its image's size; one that was encoded for the common size but belongs to a
+    larger image stays within it (only a run past the end is an error), so the mask lands in the
+    wrong place without a word. Sets of images with many sizes are left alone.
+    """
+    if len(image_ids) < 2:
+        return
+    sizes, counts = np.unique(shapes, axis=0, return_counts=True)
+    common = sizes[np.argmax(counts)]
+    odd = [f"{image_id} ({h}x{w})" for image_id, (h, w) in zip(image_ids, shapes, strict=True)
+           if (h, w) != tuple(common)]
+    if odd and counts.max() >= 0.8 * len(image_ids):
+        warn_data(f"{len(odd)} image(s) in {folder} differ in size from the other {counts.max()} "
+                  f"({common[0]}x{common[1]}): {name_list(odd)}; their RLE masks are decoded at their own size, so "
+                  f"check them (set data.image_shape: [{common[0]}, {common[1]}] to make this an error)")
+
+
+def check_positives(annotations: Annotations, source: str) -> None:
+    """DataError when no image has any labelled pixel; DataWarning naming each class without one.
+
+    In the multiclass mode the background class (in every image) does not count.
+    """
+    cfg = annotations.data_cfg
+    foreground = [c for c, name in enumerate(cfg.classes) if not (cfg.mode == "multiclass" and name == cfg.background)]
+    counts = annotations.presence[:, foreground].sum(axis=0)
+    if len(annotations) and not counts.any():
+        raise DataError(f"{source}: none of the {len(annotations)} training images has a labelled pixel of any "
+                        f"class {[cfg.classes[c] for c in foreground]}; a model would learn empty masks (is the "
+                        "label file empty or header-only? check data.train_csv / data.train_masks and data.classes)")
+    empty = [cfg.classes[c] for c, n in zip(foreground, counts, strict=True) if n == 0]
+    if empty:
+        warn_data(f"{source}: class(es) {empty} have no labelled pixel in any of the {len(annotations)} training "
+                  "images; the model cannot learn them (check data.classes and the labels)")
 
 
 def _read_png_labels(cfg: DataConfig) -> Annotations:
@@ -314,8 +357,13 @@ def read_train(data_cfg: DataConfig) -> Annotations:
         DataError: naming the file, line, ImageId or the list of images at fault.
     """
     if data_cfg.format in CSV_FORMATS:
-        return _read_csv_labels(data_cfg, data_cfg.root_path / data_cfg.train_csv, "train", None)
-    return _read_png_labels(data_cfg)
+        source = data_cfg.root_path / data_cfg.train_csv
+        annotations = _read_csv_labels(data_cfg, source, "train", None)
+    else:
+        annotations = _read_png_labels(data_cfg)
+        source = data_cfg.root_path / data_cfg.train_masks
+    check_positives(annotations, str(source))
+    return annotations
 
 
 def read_test_labels(data_cfg: DataConfig) -> Annotations:
@@ -333,6 +381,7 @@ def read_test_ids(data_cfg: DataConfig) -> list[str]:
         ids = list_images(folder, data_cfg.image_suffix)
         if not ids:
             raise DataError(f"no test images found in {folder} (check data.root and data.test_images)")
+        check_complete([image_path(data_cfg, i, "test") for i in ids], ids)
         return ids
     path = data_cfg.root_path / data_cfg.sample_submission
     if data_cfg.format == "csv_combined":
@@ -345,4 +394,5 @@ def read_test_ids(data_cfg: DataConfig) -> list[str]:
     if missing:
         raise DataError(f"{len(missing)} test image(s) listed in {path.name} are missing from {folder}: "
                         f"{name_list(missing)}")
+    check_complete([image_path(data_cfg, i, "test") for i in ids], ids)
     return ids

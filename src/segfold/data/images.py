@@ -57,8 +57,38 @@ def header_shape(path: Path) -> tuple[int, int] | None:
     return height, width
 
 
+_JPEG_END = b"\xff\xd9"
+_PNG_END = b"IEND\xaeB`\x82"
+_TAIL_BYTES = 64
+
+
+def is_truncated(path: Path) -> bool:
+    """Whether a JPEG or PNG file stops before its end marker (an interrupted download or copy).
+
+    The end marker (JPEG EOI, PNG IEND) is looked for in the last bytes; a file without it is decoded
+    in full with errors surfaced (some writers pad or append data after the marker), so only a file
+    that really cannot be decoded to its end counts. Other formats are not checked.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png"):
+        return False
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(handle.tell() - _TAIL_BYTES, 0))
+        tail = handle.read()
+    marker = _PNG_END if suffix == ".png" else _JPEG_END
+    if marker in tail.rstrip(b"\x00\r\n "):
+        return False
+    try:
+        with Image.open(path) as image:
+            image.load()  # raises "image file is truncated" (PIL's LOAD_TRUNCATED_IMAGES is off by default)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return True
+    return False
+
+
 def image_shapes(paths: Sequence[Path], names: Sequence[str], where: str) -> np.ndarray:
-    """(N, 2) header sizes of image files; DataError listing the missing and the unreadable ones."""
+    """(N, 2) header sizes of image files; DataError listing the missing, unreadable and truncated ones."""
     missing = [name for name, path in zip(names, paths, strict=True) if not path.is_file()]
     if missing:
         raise DataError(f"{len(missing)} image(s) listed in {where} are missing from {paths[0].parent}: "
@@ -75,7 +105,17 @@ def image_shapes(paths: Sequence[Path], names: Sequence[str], where: str) -> np.
     if unreadable:
         raise DataError(f"{len(unreadable)} image file(s) in {paths[0].parent} cannot be read as images: "
                         f"{name_list(unreadable)} (re-download or delete them and their rows)")
+    check_complete(paths, names)
     return shapes
+
+
+def check_complete(paths: Sequence[Path], names: Sequence[str]) -> None:
+    """DataError listing the image files that are truncated (they would decode partly grey)."""
+    truncated = [name for name, path in zip(names, paths, strict=True) if is_truncated(path)]
+    if truncated:
+        raise DataError(f"{len(truncated)} image file(s) in {paths[0].parent} are truncated (they end before the "
+                        f"image data does, e.g. an interrupted download): {name_list(truncated)} (re-download them, "
+                        "or delete them and their rows)")
 
 
 def check_sizes(names: Sequence[str], shapes: np.ndarray, expected: tuple[int, int], what: str) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from segfold.errors import DataError
+from segfold.io import ensure_dir
 
 SCALE = 255
 _PARTIAL = ".partial"
@@ -100,7 +101,7 @@ class ProbStore:
             raise DataError(f"ProbStore '{name}': need at least one class and a positive size, "
                             f"got classes={classes}, height={height}, width={width}")
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        ensure_dir(folder)
         shape = (len(image_ids), len(classes), int(height), int(width))
         u8_tmp = _partial(store_paths(folder, name)["u8"])
         if len(image_ids):

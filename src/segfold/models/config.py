@@ -17,7 +17,7 @@ import difflib
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from segfold.config.base import StrictModel
 
@@ -51,6 +51,14 @@ class ModelConfig(StrictModel):
     aux: bool | dict[str, Any] = False
     aux_params: dict[str, Any] | None = None
     deep_supervision: bool = False
+
+    @field_validator("encoder_name")
+    @classmethod
+    def _known_encoder(cls, name: str) -> str:
+        from segfold.encoders.aliases import resolve_encoder_name
+
+        resolve_encoder_name(name)  # ValueError naming the close matches
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from segfold.config.load import config_to_dict, validate_config
 from segfold.errors import ConfigError, TrainingError
-from segfold.io import write_text_atomic
+from segfold.io import ensure_dir, write_text_atomic
 from segfold.search.config import ParamSpec
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def storage_url(cfg: Config) -> str:
     if cfg.search.storage:
         return cfg.search.storage
     folder = search_dir(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder)
     return f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from segfold.errors import TrainingError
-from segfold.io import write_json_atomic
+from segfold.io import ensure_dir, write_json_atomic
 from segfold.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segfold.train.checks import check_training_config
 from segfold.train.data import FoldData, batch_scores, build_fold_data, probabilities, resize_probs, truth_masks
@@ -33,6 +33,7 @@ from segfold.train.engine import Trainer, evaluate, resolve_precision
 from segfold.train.objective import TrainingObjective
 from segfold.train.oof import write_oof
 from segfold.train.optim import build_optimizer, current_lr
+from segfold.train.rundir import check_fold_dir, prepare_fold_dir
 from segfold.train.schedule import LrSchedule
 from segfold.train.tracking import BestTracker, remove_files
 
@@ -71,7 +72,8 @@ def deterministic_mode(enabled: bool, warn_only: bool = False) -> Iterator[None]
         torch.backends.cudnn.benchmark = benchmark
 
 
-def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallback | None = None) -> dict[str, Any]:
+def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallback | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train one fold and write its outputs to `outputs/<experiment>/fold<fold>/`.
 
     Args:
@@ -80,25 +82,38 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
         resume: continue from `last.pt` (model, optimizer, schedule, scaler, EMA, sampler, RNG, epoch).
         epoch_callback: `(epoch, metrics) -> None`, on rank 0 after each validation; it may raise to
             stop the run (Optuna pruning), after `last.pt` of that epoch is written.
+        overwrite: start again over a fold that already holds a run; the old folder is moved to
+            `<experiment>/replaced/fold<k>-<time>/` first (without it, such a fold is an error).
 
     Returns:
         `best_score`, `best_epoch`, `best_weights` ("model" or "ema"), `epochs_run`, `stopped_early`,
         `fold_dir`, `best_checkpoint`, `oof` (folder of `oof.*` or None), `fold`.
 
     Raises:
-        TrainingError: a NaN / infinite loss (epoch and step named; the last good checkpoint stays) or
-            a checkpoint that does not fit the config.
+        TrainingError: a NaN / infinite loss (epoch and step named; the last good checkpoint stays),
+            a checkpoint that does not fit the config, or a fold that already holds a run (neither
+            `resume` nor `overwrite`).
         ConfigError: config combinations the trainer cannot run.
     """
     check_training_config(cfg)
     info = init_distributed(cfg.train.device)
+    fold_dir = Path(cfg.experiment.output_dir) / f"fold{fold}"
+    check_fold_dir(fold_dir, fold, resume, overwrite)
+    barrier(info)  # every rank has looked before rank 0 moves anything
+    if info.is_main:
+        moved = prepare_fold_dir(fold_dir, overwrite)
+        if moved is not None:
+            print(f"fold {fold}: the old run was moved to {moved}", flush=True)
+    barrier(info)
     with deterministic_mode(cfg.train.deterministic, warn_only=info.device.type == "cuda"):
         return FoldRun(cfg, fold, info).fit(resume, epoch_callback)
 
 
-def train_folds(cfg: Any, folds: Sequence[int], resume: bool = False) -> list[dict[str, Any]]:
+def train_folds(cfg: Any, folds: Sequence[int], resume: bool = False, overwrite: bool = False) -> list[dict[str, Any]]:
     """Train `folds` one after another; writes `outputs/<experiment>/cv.json` with every fold's result."""
-    results = [train(cfg, fold, resume=resume) for fold in folds]
+    for fold in folds:  # refuse before the first fold trains
+        check_fold_dir(Path(cfg.experiment.output_dir) / f"fold{fold}", fold, resume, overwrite)
+    results = [train(cfg, fold, resume=resume, overwrite=overwrite) for fold in folds]
     scores = [r["best_score"] for r in results]
     summary = {"folds": results, "mean_score": float(np.mean(scores)), "std_score": float(np.std(scores))}
     if init_distributed(cfg.train.device).is_main:
@@ -283,7 +298,7 @@ class FoldRun:
         from segfold.config.load import save_config
         from segfold.train.runlog import write_run_info
 
-        self.fold_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.fold_dir)
         if fresh:  # a new run replaces the records of an old one in the same folder
             shutil.rmtree(self.fold_dir / "tensorboard", ignore_errors=True)
             remove_files(self.fold_dir, [p.name for p in self.fold_dir.glob("epoch[0-9][0-9][0-9].pt")])
