@@ -31,8 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @script_main
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from segfold.blend import run_blend
     from segfold.config import load_config
-    from segfold.infer.blend import run_blend
 
     members = [load_config(path) for path in args.configs]
     base = load_config(args.config or args.configs[0], args.overrides)

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
-    from segfold.infer.submission import make_submission
+    from segfold.submit import make_submission
 
     result = make_submission(cfg, labels=args.score)
     print(f"post-processing from {result['postprocess']}")

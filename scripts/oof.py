@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
-    from segfold.infer.oof import gather_oof
+    from segfold.oof import gather_oof
 
     result = gather_oof(cfg)
     print(result["table"])

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.folds is not None and args.folds.strip().lower() == "all":
         cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"folds": None})})  # every trained fold
 
-    from segfold.infer.predict import predict_test
+    from segfold.predict import predict_test
 
     store = predict_test(cfg, folds=parse_folds(args.folds), tta=args.tta, scales=args.scales)
     extra = " and aux-head class probabilities" if store.cls is not None else ""

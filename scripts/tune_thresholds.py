@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
                        (("optuna_trials", args.trials), ("metric", args.metric)) if value is not None]
     cfg = config_from_args(args)
 
-    from segfold.infer.tuning import tune_thresholds
+    from segfold.postprocess import tune_thresholds
 
     tune_thresholds(cfg)
 

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> list:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
-    from segfold.infer.visualize import visualize_oof
+    from segfold.oof import visualize_oof
 
     paths = visualize_oof(cfg, count=args.count, out_dir=args.out)
     for path in paths:

@@ -4,18 +4,19 @@ and run_blend / scripts/blend.py end to end."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from segfold.blend import align, blend_probs, run_blend, search_weights
 from segfold.config import load_config, validate_config
 from segfold.errors import DataError
-from segfold.infer.blend import align, blend_probs, run_blend, search_weights
-from segfold.infer.postprocess import ClassRules, PostprocessParams
-from segfold.infer.sources import OofSource
-from segfold.infer.store import ProbStore, to_uint8
+from segfold.postprocess.rules import ClassRules, PostprocessParams
+from segfold.probs import StoreView
+from segfold.probs.store import ProbStore, to_uint8
 
 THRESHOLDS = [round(0.02 * i, 2) for i in range(10, 41)]  # 0.20 ... 0.80
 
@@ -45,26 +46,26 @@ def test_blend_probs_by_hand():
 
 def test_align_reorders_and_rejects_mismatches(tmp_path):
     probs = np.random.default_rng(0).random((3, 1, 4, 4))
-    first = OofSource([write_store(tmp_path / "m1", "oof", ["x", "y", "z"], probs)])
-    second = OofSource([write_store(tmp_path / "m2", "oof", ["z", "x", "y"], probs[[2, 0, 1]])])
+    first = StoreView([write_store(tmp_path / "m1", "oof", ["x", "y", "z"], probs)])
+    second = StoreView([write_store(tmp_path / "m2", "oof", ["z", "x", "y"], probs[[2, 0, 1]])])
     rows = align({"m1": first, "m2": second})
     assert rows[0].tolist() == [0, 1, 2] and rows[1].tolist() == [1, 2, 0]  # x is row 1 of m2, y row 2, z row 0
-    missing = OofSource([write_store(tmp_path / "m3", "oof", ["x", "y", "w"], probs)])
+    missing = StoreView([write_store(tmp_path / "m3", "oof", ["x", "y", "w"], probs)])
     with pytest.raises(DataError, match=r"member 'm3' .* lacks 1 images of 'm1' \(e.g. z\) and has 1 images 'm1' "
                                         r"lacks \(e.g. w\)"):
         align({"m1": first, "m3": missing})
-    other_classes = OofSource([write_store(tmp_path / "m4", "oof", ["x", "y", "z"], probs, classes=("b",))])
+    other_classes = StoreView([write_store(tmp_path / "m4", "oof", ["x", "y", "z"], probs, classes=("b",))])
     with pytest.raises(DataError, match=r"member 'm4' .*classes \['b'\] differ from 'm1': \['a'\]"):
         align({"m1": first, "m4": other_classes})
-    smaller = OofSource([write_store(tmp_path / "m5", "oof", ["x", "y", "z"], probs[..., :2, :])])
+    smaller = StoreView([write_store(tmp_path / "m5", "oof", ["x", "y", "z"], probs[..., :2, :])])
     with pytest.raises(DataError, match=r"member 'm5'.*masks of \(2, 4\)"):
         align({"m1": first, "m5": smaller})
 
 
 def _search(tmp_path, p1, p2, truth, trials=25):
     ids = [f"i{k}" for k in range(len(truth))]
-    members = [OofSource([write_store(tmp_path / "m1", "oof", ids, p1)]),
-               OofSource([write_store(tmp_path / "m2", "oof", ids, p2)])]
+    members = [StoreView([write_store(tmp_path / "m1", "oof", ids, p1)]),
+               StoreView([write_store(tmp_path / "m2", "oof", ids, p2)])]
     rows = align({"m1": members[0], "m2": members[1]})
     params = PostprocessParams(("a",), (ClassRules(),))
     truth_of = dict(zip(ids, truth, strict=True)).__getitem__
@@ -102,15 +103,16 @@ def make_member(root, name, ids, probs, with_test=True):
                                                      "min_areas": [0, 10]}}})
 
 
-def test_run_blend_writes_stores_config_and_thresholds(tmp_path):
+def test_run_blend_writes_stores_config_and_thresholds(tmp_path, caplog):
     rng = np.random.default_rng(3)
     ids = [f"i{k}" for k in range(10)]
     p1, p2 = rng.random((2, 10, 2, 8, 8)).astype(np.float32)
     truth = {i: t for i, t in zip(ids, (p1 + p2) / 2 > 0.5, strict=True)}
     c1 = make_member(tmp_path, "one", ids, p1)
     c2 = make_member(tmp_path, "two", ids[::-1], p2[::-1])  # same images, another order
-    lines: list[str] = []
-    result = run_blend([c1, c2], "both", method="weighted", trials=4, truth_fn=truth.__getitem__, log=lines.append)
+    with caplog.at_level(logging.INFO, logger="segfold"):
+        result = run_blend([c1, c2], "both", method="weighted", trials=4, truth_fn=truth.__getitem__)
+    lines = [line for record in caplog.records for line in record.getMessage().splitlines()]
     w = result["weights"]
     out = tmp_path / "both"
     oof = ProbStore.open(out / "oof", "oof")
@@ -138,13 +140,13 @@ def test_run_blend_rejects_partial_test_stores_and_bad_names(tmp_path):
     c1 = make_member(tmp_path, "one", ids, probs)
     c2 = make_member(tmp_path, "two", ids, probs, with_test=False)
     with pytest.raises(DataError, match=r"test probabilities missing for 'two'"):
-        run_blend([c1, c2], "both", method="mean", truth_fn=truth.__getitem__, log=lambda _: None)
+        run_blend([c1, c2], "both", method="mean", truth_fn=truth.__getitem__)
     with pytest.raises(DataError, match="is one of its members"):
-        run_blend([c1, c2], "one", method="mean", truth_fn=truth.__getitem__, log=lambda _: None)
+        run_blend([c1, c2], "one", method="mean", truth_fn=truth.__getitem__)
     with pytest.raises(DataError, match="2 weights for 3 members"):
         c3 = make_member(tmp_path, "three", ids, probs)
         make_member(tmp_path, "two", ids, probs)
-        run_blend([c1, c2, c3], "all", weights=[1, 2], truth_fn=truth.__getitem__, log=lambda _: None)
+        run_blend([c1, c2, c3], "all", weights=[1, 2], truth_fn=truth.__getitem__)
 
 
 @pytest.mark.slow

@@ -290,7 +290,7 @@ def test_output_root_that_is_a_file_is_one_line_and_the_file_is_kept(demo_root, 
 
 
 def test_submission_path_that_is_a_folder_is_an_error_and_the_folder_is_kept(tmp_path):
-    from segfold.infer.submission import write_submission
+    from segfold.submit import write_submission
 
     folder = tmp_path / "submission.csv"
     folder.mkdir()

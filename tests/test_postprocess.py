@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from segfold.config import ConfigError, validate_config
+from segfold.config.infer import PostprocessConfig
 from segfold.errors import DataError
-from segfold.infer.config import PostprocessConfig
-from segfold.infer.postprocess import (
+from segfold.postprocess.rules import (
     ClassRules,
     PostprocessParams,
     apply_postprocess,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from segfold.infer.predict import resize_probs
-from segfold.infer.tiles import ramp_weights, sliding_window, tile_starts
-from segfold.infer.tta import build_tta, make_predictor, tta_predict
+from segfold.predict.tiles import ramp_weights, sliding_window, tile_starts
+from segfold.predict.tta import build_tta, make_predictor, tta_predict
+from segfold.probs import resize_probs
 
 
 class WidthBias(nn.Module):
@@ -244,7 +244,7 @@ def _expected_flips(cfg, image_name):
 
 @pytest.mark.slow
 def test_predict_script_averages_folds_and_flips(tmp_path, repo_root, capsys):
-    from segfold.infer.store import ProbStore
+    from segfold.probs.store import ProbStore
     from test_submission import _load_script
 
     cfg, path = _write_experiment(tmp_path)
@@ -291,11 +291,11 @@ def test_predict_normalises_as_the_checkpoint_records(tmp_path):
     """The mean/std a checkpoint was trained with (not the encoder name's defaults) normalise the test images."""
     import cv2
 
-    from segfold.infer.predict import predict_test
+    from segfold.predict import predict_test
 
     record = {"mean": [0.2, 0.3, 0.4], "std": [0.5, 0.25, 0.125], "input_range": [0, 1]}
     cfg, _ = _write_experiment(tmp_path, folds=(0,), aux=False, preprocessing=record)
-    store = predict_test(cfg, tta="none", log=lambda *a: None)
+    store = predict_test(cfg, tta="none")
     image = cv2.cvtColor(cv2.imread(str(cfg.data.root_path / "test_images" / "t1.png")), cv2.COLOR_BGR2RGB)
     pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 255
     model = build_fold0_model(cfg)

@@ -133,8 +133,8 @@ def test_preset_reads_its_layout_and_writes_a_submission(repo_root, tmp_path, na
     from segfold.data.dataset import SegmentationDataset
     from segfold.data.formats import read_test_ids, read_train
     from segfold.data.transforms import build_transforms
-    from segfold.infer.store import ProbStore
-    from segfold.infer.submission import detect_layout, make_submission, read_csv_strings
+    from segfold.probs.store import ProbStore
+    from segfold.submit.submission import detect_layout, make_submission, read_csv_strings
 
     root = tmp_path / "input"
     cfg = _preset(repo_root, name, f"data.root={root}", f"experiment.output_root={tmp_path / 'out'}")

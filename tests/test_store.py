@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from segfold.errors import DataError
-from segfold.infer.store import ProbStore, store_exists, store_paths
+from segfold.probs import ProbStore, store_exists, store_paths
 
 
 def test_round_trip_quantises_to_uint8(tmp_path):
@@ -41,7 +41,13 @@ def test_round_trip_quantises_to_uint8(tmp_path):
     # the header says what is inside, byte count matches N*C*H*W = 3*2*2*3 = 36
     meta = json.loads((tmp_path / "oof.json").read_text())
     assert meta["shape"] == [3, 2, 2, 3] and meta["classes"] == ["x", "y"] and meta["has_cls"] is False
-    assert (tmp_path / "oof.u8").stat().st_size == 36
+    # the array file describes itself: a .npy header with the shape and dtype, then N*C*H*W = 36 bytes
+    with open(tmp_path / "oof.npy", "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle) if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0(handle)
+        assert (shape, fortran, dtype) == ((3, 2, 2, 3), False, np.dtype(np.uint8))
+        assert len(handle.read()) == 36
     assert (tmp_path / "oof.index.csv").read_text().splitlines() == ["ImageId", "a", "b", "c"]
 
 
@@ -97,9 +103,30 @@ def test_truncated_store_is_reported(tmp_path):
     store = ProbStore.create(tmp_path, "oof", ["a", "b"], ["x"], height=2, width=2)
     store.write([0, 1], np.zeros((2, 1, 2, 2)))
     store.finalize()
-    (tmp_path / "oof.u8").write_bytes(b"\0" * 5)
-    with pytest.raises(DataError, match="5 bytes, expected 8"):
+    (tmp_path / "oof.npy").write_bytes((tmp_path / "oof.npy").read_bytes()[:-3])
+    with pytest.raises(DataError, match="oof.npy: not a readable .npy array"):
         ProbStore.open(tmp_path, "oof")
+
+
+def test_old_raw_stores_still_open(tmp_path):
+    """A store from before the .npy format: a raw `<name>.u8` file whose shape only the JSON gives."""
+    values = np.arange(2 * 1 * 2 * 3, dtype=np.uint8).reshape(2, 1, 2, 3)
+    (tmp_path / "oof.u8").write_bytes(values.tobytes())
+    (tmp_path / "oof.index.csv").write_text("ImageId\na\nb\n")
+    (tmp_path / "oof.json").write_text(json.dumps({"classes": ["x"], "shape": [2, 1, 2, 3], "dtype": "uint8",
+                                                   "scale": 255, "has_cls": False}))
+    old = ProbStore.open(tmp_path, "oof")
+    assert old.shape == (2, 1, 2, 3) and old.image_ids == ["a", "b"]
+    np.testing.assert_array_equal(old.probs, values)
+    assert old.read(1)[0, 1, 2] == pytest.approx(11 / 255)
+    (tmp_path / "oof.u8").write_bytes(b"\0" * 5)
+    with pytest.raises(DataError, match="5 bytes, expected 12"):
+        ProbStore.open(tmp_path, "oof")
+    # rewriting the store replaces the old raw file by the .npy one
+    new = ProbStore.create(tmp_path, "oof", ["a"], ["x"], height=1, width=1)
+    new.write(0, np.ones((1, 1, 1)))
+    assert new.finalize().probs[0, 0, 0, 0] == 255
+    assert not (tmp_path / "oof.u8").exists() and (tmp_path / "oof.npy").is_file()
 
 
 def _oof_experiment(tmp_path):

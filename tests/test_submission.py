@@ -11,8 +11,8 @@ import pytest
 
 from segfold.config import validate_config
 from segfold.errors import DataError
-from segfold.infer.store import ProbStore
-from segfold.infer.submission import build_submission, detect_layout, validate_submission
+from segfold.probs.store import ProbStore
+from segfold.submit.submission import build_submission, detect_layout, validate_submission
 
 # A 3x4 mask with pixels (row 0, col 1), (row 1, col 1), (row 2, col 3).
 # Column-major, 1-indexed numbering: pixel = col * 3 + row + 1 -> 4, 5, 12 -> runs "4 2 12 1".

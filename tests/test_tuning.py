@@ -4,6 +4,7 @@ reproducibility, the OOF sources, and tune_thresholds / scripts/tune_thresholds.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import replace
 
@@ -13,15 +14,15 @@ import pytest
 
 from segfold.config import validate_config
 from segfold.errors import DataError
-from segfold.infer import histsearch
-from segfold.infer.components import ComponentCache
-from segfold.infer.histsearch import class_table, collect_histograms, evaluate, grid_search
-from segfold.infer.optsearch import refine_class
-from segfold.infer.postprocess import ClassRules, PostprocessParams, apply_postprocess, load_thresholds
-from segfold.infer.sources import OofSource, fit_mask, open_oof
-from segfold.infer.store import ProbStore
-from segfold.infer.tuning import default_min_areas, tune_thresholds
 from segfold.metrics.competition import dice_image, dice_pairs, tgs_iou_precision
+from segfold.postprocess import histograms as histsearch
+from segfold.postprocess.components import ComponentCache
+from segfold.postprocess.histograms import class_table, collect_histograms, evaluate, grid_search
+from segfold.postprocess.optuna_search import refine_class
+from segfold.postprocess.rules import ClassRules, PostprocessParams, apply_postprocess, load_thresholds
+from segfold.postprocess.tune import default_min_areas, tune_thresholds
+from segfold.probs import StoreView, fit_mask, open_oof
+from segfold.probs.store import ProbStore
 
 
 def make_oof(folder, n=24, classes=("a", "b"), size=(12, 14), seed=0, with_cls=True, name="oof", start=0):
@@ -54,7 +55,7 @@ def brute_score(store, truth, params, metric):
 
 def test_grid_table_equals_brute_force_dice_pairs(tmp_path):
     store, truth = make_oof(tmp_path, n=16)
-    hist = collect_histograms(OofSource([store]), truth.__getitem__)
+    hist = collect_histograms(StoreView([store]), truth.__getitem__)
     start = PostprocessParams(("a", "b"), (ClassRules(), ClassRules(top=0.7, min_count=3)))
     thresholds, areas = [0.2, 0.35, 0.5, 0.5 + 1 / 255, 0.8], [0, 5, 20, 60]
     for c in range(2):
@@ -75,7 +76,7 @@ def test_grid_table_equals_brute_force_dice_pairs(tmp_path):
 @pytest.mark.parametrize("metric", ["dice_image", "tgs_iou"])
 def test_grid_table_equals_brute_force_one_class(tmp_path, metric):
     store, truth = make_oof(tmp_path, n=20, classes=("x",), seed=3)
-    hist = collect_histograms(OofSource([store]), truth.__getitem__)
+    hist = collect_histograms(StoreView([store]), truth.__getitem__)
     start = PostprocessParams(("x",), (ClassRules(cls_threshold=0.3),))
     thresholds, areas = [0.1, 0.3, 0.45, 0.6], [0, 8, 30]
     table = class_table(hist, start, 0, thresholds, areas, metric)
@@ -86,7 +87,7 @@ def test_grid_table_equals_brute_force_one_class(tmp_path, metric):
 
 def test_coordinate_table_with_at_least_one_equals_brute_force(tmp_path):
     store, truth = make_oof(tmp_path, n=16, seed=5)
-    hist = collect_histograms(OofSource([store]), truth.__getitem__)
+    hist = collect_histograms(StoreView([store]), truth.__getitem__)
     start = PostprocessParams(("a", "b"), (ClassRules(min_area=40), ClassRules(threshold=0.6)), at_least_one=True)
     thresholds, areas = [0.3, 0.5, 0.7], [0, 40, 90]
     table = class_table(hist, start, 1, thresholds, areas, "dice_pairs")  # at_least_one: not separable
@@ -101,7 +102,7 @@ def test_coordinate_table_with_at_least_one_equals_brute_force(tmp_path):
 
 def test_every_rule_scored_from_histograms_matches_brute_force(tmp_path):
     store, truth = make_oof(tmp_path, n=12, seed=7)
-    source = OofSource([store])
+    source = StoreView([store])
     rng = np.random.default_rng(1)
     for one_class in (False, True):
         hist = collect_histograms(source, truth.__getitem__, one_class)
@@ -120,16 +121,16 @@ def test_every_rule_scored_from_histograms_matches_brute_force(tmp_path):
 
 def test_chunked_reading_gives_the_same_histograms(tmp_path, monkeypatch):
     store, truth = make_oof(tmp_path, n=10)
-    whole = collect_histograms(OofSource([store]), truth.__getitem__)
+    whole = collect_histograms(StoreView([store]), truth.__getitem__)
     monkeypatch.setattr(histsearch, "PIXEL_BUDGET", 2 * 12 * 14 * 3)  # 3 images per chunk
-    chunked = collect_histograms(OofSource([store]), truth.__getitem__)
+    chunked = collect_histograms(StoreView([store]), truth.__getitem__)
     assert np.array_equal(whole.counts, chunked.counts) and np.array_equal(whole.true_counts, chunked.true_counts)
     assert whole.counts.sum() == 10 * 2 * 12 * 14  # every pixel counted once
 
 
 def test_optuna_search_is_reproducible_and_never_below_its_start(tmp_path):
     store, truth = make_oof(tmp_path, n=16, seed=2)
-    source = OofSource([store])
+    source = StoreView([store])
     hist = collect_histograms(source, truth.__getitem__)
     components = ComponentCache(source, truth.__getitem__)
     start = PostprocessParams(("a", "b"), (ClassRules(threshold=0.5), ClassRules(threshold=0.5)))
@@ -178,15 +179,16 @@ def test_default_min_areas():
     assert areas[1] == 41 and areas[-1] == 20480  # 1e-4 and 5e-2 of 409,600 pixels
 
 
-def test_tune_thresholds_writes_scores_that_brute_force_confirms(tmp_path):
+def test_tune_thresholds_writes_scores_that_brute_force_confirms(tmp_path, caplog):
     store, truth = make_oof(tmp_path / "e" / "fold0", n=20, seed=11)
     cfg = validate_config({"experiment": {"name": "e", "output_root": str(tmp_path)},
                            "data": {"classes": ["a", "b"]},
                            "postprocess": {"threshold": 0.9, "tune": {"optuna_trials": 8, "max_images": 12,
                                                                       "thresholds": [0.2, 0.4, 0.6],
                                                                       "min_areas": [0, 10, 40]}}})
-    lines = []
-    result = tune_thresholds(cfg, truth_fn=truth.__getitem__, log=lines.append)
+    with caplog.at_level(logging.INFO, logger="segfold"):
+        result = tune_thresholds(cfg, truth_fn=truth.__getitem__)
+    lines = [record.getMessage() for record in caplog.records]
     data = json.loads((tmp_path / "e" / "thresholds.json").read_text())
     assert data["metric"] == "dice_pairs" and data["images"] == 20 and data["optuna"]["sampled"]
     before = brute_score(store, truth, PostprocessParams(("a", "b"), (ClassRules(threshold=0.9),) * 2), "dice_pairs")
@@ -229,4 +231,4 @@ def test_tune_thresholds_script_on_demo_annotations(tmp_path, monkeypatch, capsy
 def test_tune_thresholds_refuses_an_empty_oof(tmp_path):
     empty = ProbStore.create(tmp_path, "oof", [], ["a"], 4, 4).finalize()
     with pytest.raises(DataError, match="holds no images"):
-        tune_thresholds(validate_config({}), source=OofSource([empty]), truth_fn=lambda image_id: None)
+        tune_thresholds(validate_config({}), source=StoreView([empty]), truth_fn=lambda image_id: None)

@@ -1,4 +1,5 @@
-"""What every script shares: `--config` / `--set` arguments and one-line errors instead of tracebacks."""
+"""What every script shares: `--config` / `--set` / `--quiet` / `--verbose` arguments, logging to stdout,
+and one-line errors instead of tracebacks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from segfold.config.load import load_config
 from segfold.errors import SegfoldError
+from segfold.logs import setup_logging
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -24,13 +27,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         metavar="KEY=VALUE",
         help="override config keys, e.g. --set train.epochs=3 model.encoder_weights=null",
     )
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log debugging detail too")
     return parser
 
 
 def config_from_args(args: argparse.Namespace):
-    """The validated config named by `--config` with the `--set` overrides applied."""
-    from segfold.config import load_config
-
+    """The validated config named by `--config` with the `--set` overrides applied (and the log level set)."""
+    setup_logging(int(getattr(args, "verbose", False)) - int(getattr(args, "quiet", False)))
     return load_config(args.config, args.overrides)
 
 
@@ -39,6 +44,7 @@ def script_main(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging()
         try:
             return func(*args, **kwargs)
         except (SegfoldError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError,

@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import field_validator
 
 from segfold.config.base import StrictModel
+from segfold.config.infer import InferConfig, PostprocessConfig
 from segfold.data.config import DataConfig
-from segfold.infer.config import InferConfig, PostprocessConfig
 from segfold.models.config import ModelConfig
 from segfold.search.config import SearchConfig
 from segfold.train.config import LossConfig, OptimConfig, SchedulerConfig, TrainConfig

@@ -11,8 +11,8 @@ from typing import Any
 _LAZY = {
     "train": "segfold.train.loop",
     "train_folds": "segfold.train.loop",
-    "load_checkpoint_model": "segfold.train.checkpoint",
-    "load_checkpoint": "segfold.train.checkpoint",
+    "load_checkpoint_model": "segfold.probs.checkpoint",
+    "load_checkpoint": "segfold.probs.checkpoint",
 }
 
 __all__ = sorted(_LAZY)

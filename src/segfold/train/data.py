@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset, get_worker_info
 
 from segfold.errors import ConfigError, DataError
@@ -155,68 +154,3 @@ def build_fold_data(cfg: Any, fold: int, info: DistInfo, mean: list[float], std:
     )
     return FoldData(train_ds, train_loader, sampler, generator, valid_ds, valid_loader, annotations, train_ids,
                     valid_ids, resolve_metric_size(cfg.data, annotations, valid_ids), num_batches)
-
-
-def probabilities(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """Per-pixel class probabilities: softmax over classes (multiclass) or sigmoid (binary, multilabel)."""
-    return logits.float().softmax(dim=1) if mode == "multiclass" else logits.float().sigmoid()
-
-
-def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize (N, C, h, w) probabilities to `size` (a no-op when already there).
-
-    The same rule as `segfold.infer.predict.resize_probs` (the test store), so that the OOF the
-    thresholds are tuned on and the test probabilities they are applied to are resized alike: area
-    averaging when both sides shrink by 2x or more, else bilinear (align_corners=False).
-    """
-    if tuple(probs.shape[-2:]) == tuple(size):
-        return probs
-    if probs.shape[-2] >= 2 * size[0] and probs.shape[-1] >= 2 * size[1]:
-        return F.interpolate(probs, size=tuple(size), mode="area")
-    return F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-
-
-def truth_masks(batch: dict[str, Any], data: FoldData, data_cfg: Any, size: tuple[int, int]) -> torch.Tensor:
-    """Binary truth (N, C, H, W) at the metric size: the batch's masks when they already are that size,
-    else the native labels resized with nearest neighbour. Multiclass ignore pixels are all-zero."""
-    mask = batch["mask"]
-    if tuple(mask.shape[-2:]) != tuple(size):
-        from segfold.data.images import resize_mask
-
-        native = [data.annotations.mask(str(i)) for i in batch["image_id"]]
-        if data_cfg.mode != "multiclass":
-            native = [m.transpose(1, 2, 0) for m in native]  # (H, W, C) for OpenCV
-        resized = [resize_mask(np.ascontiguousarray(m), size) for m in native]
-        if data_cfg.mode != "multiclass":
-            resized = [(r[:, :, None] if r.ndim == 2 else r).transpose(2, 0, 1) for r in resized]
-        mask = torch.from_numpy(np.stack(resized).astype(np.int64))
-    if data_cfg.mode == "multiclass":
-        labels = mask.long()
-        classes = len(data_cfg.classes)
-        valid = labels < classes  # ignore_index (and anything out of range) is no class
-        return F.one_hot(labels.clamp(max=classes - 1), classes).permute(0, 3, 1, 2).bool() & valid[:, None]
-    return mask > 0.5
-
-
-def batch_scores(probs: torch.Tensor, truth: torch.Tensor, data_cfg: Any, threshold: float) -> torch.Tensor:
-    """Per-item competition scores (`data.metric`) of probabilities against binary truth, same size.
-
-    Binary / multilabel pixels are positive when their probability exceeds `threshold`; multiclass
-    pixels take their argmax class (pixels without any truth class, the ignored ones, count for none).
-    `dice_pairs` scores every (image, class); the one-class scores (`dice_image`, `tgs_iou`) score
-    each class map of each image as one item.
-    """
-    from segfold.metrics.competition import get_competition_score
-
-    metric = get_competition_score(data_cfg.metric)
-    if data_cfg.mode == "multiclass":
-        pred = F.one_hot(probs.argmax(1), probs.shape[1]).permute(0, 3, 1, 2).bool()
-        pred &= truth.any(dim=1, keepdim=True)
-    else:
-        pred = probs > threshold
-    if data_cfg.metric == "dice_pairs":
-        return metric(pred, truth, empty_score=data_cfg.empty_score)
-    pred, truth = pred.flatten(0, 1), truth.flatten(0, 1)  # (N * C, H, W)
-    if data_cfg.metric == "dice_image":
-        return metric(pred, truth, empty_score=data_cfg.empty_score)
-    return metric(pred, truth)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from segfold.probs import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,17 +35,6 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks CUDA when available; `cuda` without a GPU is an error that says so."""
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            from segfold.errors import ConfigError
-
-            raise ConfigError("train.device = 'cuda' but no CUDA device is available; use train.device=auto or cpu")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def init_distributed(device_preference: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA), or run as one process.
 
@@ -52,7 +43,7 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_preference, local_rank)
+    device = resolve_device(device_preference, local_rank, key="train.device")
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

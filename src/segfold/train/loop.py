@@ -22,16 +22,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from segfold.errors import TrainingError
 from segfold.io import ensure_dir, write_json_atomic
-from segfold.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segfold.models import unpack_outputs
+from segfold.probs import (
+    OOF_NAME,
+    StoreWriter,
+    batch_scores,
+    batch_truth,
+    load_checkpoint,
+    probabilities,
+    resize_probs,
+)
+from segfold.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from segfold.train.checks import check_training_config
-from segfold.train.data import FoldData, batch_scores, build_fold_data, probabilities, resize_probs, truth_masks
+from segfold.train.data import FoldData, build_fold_data
 from segfold.train.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from segfold.train.engine import Trainer, evaluate, resolve_precision
 from segfold.train.objective import TrainingObjective
-from segfold.train.oof import write_oof
 from segfold.train.optim import build_optimizer, current_lr
 from segfold.train.rundir import check_fold_dir, prepare_fold_dir
 from segfold.train.schedule import LrSchedule
@@ -273,7 +283,7 @@ class FoldRun:
         """Competition score per item of one validation batch, at the metric resolution."""
         cfg, size = self.cfg, self.data.metric_size
         probs = resize_probs(probabilities(logits, cfg.data.mode), size)
-        truth = truth_masks(batch, self.data, cfg.data, size).to(probs.device)
+        truth = batch_truth(batch, self.data.annotations, cfg.data.mode, len(cfg.data.classes), size).to(probs.device)
         return batch_scores(probs, truth, cfg.data, cfg.postprocess.threshold)
 
     def _set_frozen(self, frozen: bool) -> None:
@@ -372,8 +382,19 @@ class FoldRun:
                 f"valid_loss {m['valid_loss']:.4f} score {m['score']:.4f}{ema} best {best} "
                 f"lr {m['lr']:.2e} {m['images_per_second']:.1f} img/s {m['seconds']:.0f}s")
 
+    @torch.no_grad()
     def _write_oof(self) -> Path:
-        """The fold's OOF from the weights in `best.pt` (loaded into the model: training is over)."""
+        """The fold's OOF (`fold<k>/oof.*`: its validation images at the metric resolution) from the weights
+        in `best.pt` (loaded into the model: training is over), with the aux head's class probabilities."""
+        cfg, data = self.cfg, self.data
         best = load_checkpoint(self.fold_dir / "best.pt", map_location=self.info.device)
         self.model.load_state_dict(best["model"])
-        return write_oof(self.model, self.data, self.cfg, self.fold_dir, self.trainer.to_device)
+        self.model.eval()
+        loader = DataLoader(data.valid_dataset, batch_size=cfg.train.valid_batch_size or cfg.train.batch_size,
+                            shuffle=False, num_workers=cfg.train.num_workers)
+        with StoreWriter(self.fold_dir, OOF_NAME, data.valid_ids, cfg.data.classes, data.metric_size) as writer:
+            for batch in loader:
+                out = unpack_outputs(self.model(self.trainer.to_device(batch)[0]))
+                labels = out.labels.float().sigmoid() if out.labels is not None else None
+                writer.add(probabilities(out.masks, cfg.data.mode), labels)
+        return self.fold_dir

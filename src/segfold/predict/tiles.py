@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from segfold.infer.tta import Predictor
+from segfold.predict.tta import Predictor
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -57,7 +57,7 @@ def sliding_window(predict: Predictor, images: torch.Tensor, tile_size: list[int
     """Probabilities of `images` predicted tile by tile and blended.
 
     Args:
-        predict: `images -> (probs, cls_probs | None)`, e.g. from `segfold.infer.tta.make_predictor`.
+        predict: `images -> (probs, cls_probs | None)`, e.g. from `segfold.predict.tta.make_predictor`.
         images: `(N, 3, H, W)`.
         tile_size: `[height, width]` of a tile (an image side below it is used whole).
         overlap: pixels shared by neighbouring tiles; also the length of the weight ramp.

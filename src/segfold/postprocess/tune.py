@@ -1,9 +1,9 @@
 """Threshold search on the OOF: `tune_thresholds(cfg)` writes `outputs/<exp>/thresholds.json`.
 
-1. One read of the OOF makes per-image histograms (`segfold.infer.histsearch`).
+1. One read of the OOF makes per-image histograms (`segfold.postprocess.histograms`).
 2. Exact grid of thresholds x total minimum areas per class (`postprocess.tune.thresholds`,
    `min_areas`): separately per class under `dice_pairs`, coordinate-wise otherwise.
-3. Optuna (`segfold.infer.optsearch`) per class for the triplet rule, per-component minimum areas and
+3. Optuna (`segfold.postprocess.optuna_search`) per class for the triplet rule, per-component minimum areas and
    the classifier gate, on a seeded sub-sample of at most `tune.max_images` images; a rule it finds is
    kept only when it also beats the current one on the whole OOF.
 4. The OOF score of the config's rules (before) and of the tuned ones (after), both exact, go into
@@ -12,25 +12,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import matplotlib
 import numpy as np
 
 from segfold.errors import DataError
-from segfold.infer.components import ComponentCache
-from segfold.infer.histsearch import GridResult, Histograms, class_scores, collect_histograms, evaluate, grid_search
-from segfold.infer.optsearch import refine_class
-from segfold.infer.postprocess import THRESHOLDS_FILE, PostprocessParams, save_thresholds
-from segfold.infer.sources import OofSource, make_truth_reader, open_oof
 from segfold.io import atomic_path
+from segfold.postprocess.components import ComponentCache
+from segfold.postprocess.histograms import (
+    GridResult,
+    Histograms,
+    class_scores,
+    collect_histograms,
+    evaluate,
+    grid_search,
+)
+from segfold.postprocess.optuna_search import refine_class
+from segfold.postprocess.rules import THRESHOLDS_FILE, PostprocessParams, save_thresholds
+from segfold.probs import PackedTruth, StoreView, TruthFn, make_truth_reader, open_oof
 
-if TYPE_CHECKING:
-    from segfold.config import Config
+logger = logging.getLogger(__name__)
 
 
-def resolve_metric(cfg: Config) -> tuple[str, float]:
+def resolve_metric(cfg: Any) -> tuple[str, float]:
     """The score to maximise and the Dice of empty-on-empty: `postprocess.tune`, else `data`, else defaults."""
     tune = cfg.postprocess.tune
     metric = tune.metric or getattr(cfg.data, "metric", None) or "dice_pairs"
@@ -46,10 +53,8 @@ def default_min_areas(height: int, width: int, count: int = 20) -> list[int]:
 
 def plot_curves(grid: GridResult, classes: list[str], path: str | Path, ylabel: str) -> Path:
     """`threshold_curves.png`: per class, the best score over the minimum areas at each threshold."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # NOTE after choosing the non-interactive backend
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, table, rule in zip(classes, grid.tables, grid.params.rules, strict=True):
@@ -68,9 +73,9 @@ def plot_curves(grid: GridResult, classes: list[str], path: str | Path, ylabel: 
     return Path(path)
 
 
-def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: float, source: OofSource,
-            truth_fn: Callable[[str], np.ndarray], cfg: Config, components: ComponentCache,
-            max_area: int, log: Callable[[str], None]) -> tuple[PostprocessParams, dict[str, Any]]:
+def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: float, source: StoreView,
+            truth_fn: TruthFn, cfg: Any, components: ComponentCache,
+            max_area: int) -> tuple[PostprocessParams, dict[str, Any]]:
     """Step 3: Optuna per class on a sub-sample, each winner confirmed on the whole OOF."""
     tune = cfg.postprocess.tune
     num = hist.num_images
@@ -92,24 +97,21 @@ def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: flo
         candidate = params.with_rule(c, rule)
         score = evaluate(hist, candidate, metric, empty, components)
         if score > current + 1e-12:
-            log(f"  optuna: {name}: {rule} -> OOF score {score:.5f} (was {current:.5f})")
+            logger.info("  optuna: %s: %s -> OOF score %.5f (was %.5f)", name, rule, score, current)
             params, current = candidate, score
             info["kept"].append(name)
         else:
-            log(f"  optuna: {name}: {rule} won on the sub-sample but not on the whole OOF; not kept")
+            logger.info("  optuna: %s: %s won on the sub-sample but not on the whole OOF; not kept", name, rule)
     return params, info
 
 
-def tune_thresholds(cfg: Config, source: OofSource | None = None,
-                    truth_fn: Callable[[str], np.ndarray] | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn | None = None) -> dict[str, Any]:
     """Search the post-processing rules on the OOF and write `thresholds.json` and `threshold_curves.png`.
 
     Args:
         cfg: the experiment config (`postprocess` gives the starting rules and `postprocess.tune` the search).
         source: the OOF (default: `open_oof(cfg.experiment.output_dir)`).
         truth_fn: `image_id -> (C, H, W)` true masks at the OOF's resolution (default: the training annotations).
-        log: where progress lines go.
 
     Returns:
         A summary: `params`, `score_before`, `score_after`, `metric`, `method`, `path`, `curves`.
@@ -120,26 +122,28 @@ def tune_thresholds(cfg: Config, source: OofSource | None = None,
     if num == 0:
         raise DataError(f"the OOF ({source.label}) holds no images; train a fold (scripts/train.py) first")
     truth_fn = truth_fn if truth_fn is not None else make_truth_reader(cfg.data, source.classes, height, width)
+    truth_fn = PackedTruth(truth_fn, source.image_ids)  # read once, by the histograms, for the component search
     metric, empty = resolve_metric(cfg)
     tune = cfg.postprocess.tune
     start = PostprocessParams.from_config(cfg.postprocess, source.classes)
-    log(f"tuning post-processing of {num} OOF images ({source.label}) for {metric}")
+    logger.info("tuning post-processing of %d OOF images (%s) for %s", num, source.label, metric)
 
     hist = collect_histograms(source, truth_fn, start.one_class_per_pixel)
     components = ComponentCache(source, truth_fn, None, start.one_class_per_pixel)
     before = evaluate(hist, start, metric, empty, components)
-    log(f"  config rules: {before:.5f}")
+    logger.info("  config rules: %.5f", before)
 
     min_areas = tune.min_areas if tune.min_areas is not None else default_min_areas(height, width)
     grid = grid_search(hist, start.total_area(), metric, tune.thresholds, min_areas, empty, tune.rounds)
-    log(f"  grid ({len(tune.thresholds)} thresholds x {len(min_areas)} areas, {grid.method}): {grid.score:.5f}")
+    logger.info("  grid (%d thresholds x %d areas, %s): %.5f", len(tune.thresholds), len(min_areas), grid.method,
+                grid.score)
     params, optuna_info = grid.params, None
     if tune.optuna_trials > 0:
         params, optuna_info = _refine(hist, params, metric, empty, source, truth_fn, cfg, components,
-                                      max(min_areas), log)
+                                      max(min_areas))
     after = evaluate(hist, params, metric, empty, components)
     if after < before:
-        log("  the config's rules score higher than every rule found; keeping them")
+        logger.info("  the config's rules score higher than every rule found; keeping them")
         params, after = start, before
 
     info: dict[str, Any] = {
@@ -153,7 +157,7 @@ def tune_thresholds(cfg: Config, source: OofSource | None = None,
     path = save_thresholds(out_dir / THRESHOLDS_FILE, params, **info)
     ylabel = "class mean Dice" if grid.method.startswith("exact") else f"{metric} (others held)"
     curves = plot_curves(grid, source.classes, out_dir / "threshold_curves.png", ylabel)
-    log(params.describe())
-    log(f"OOF {metric}: {before:.5f} (config) -> {after:.5f} (tuned); wrote {path} and {curves}")
+    logger.info(params.describe())
+    logger.info("OOF %s: %.5f (config) -> %.5f (tuned); wrote %s and %s", metric, before, after, path, curves)
     return {"params": params, "score_before": before, "score_after": after, "metric": metric,
             "method": grid.method, "path": path, "curves": curves, "grid": grid}

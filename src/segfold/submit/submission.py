@@ -18,21 +18,17 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from segfold.data import rle
+from segfold.data.formats import Annotations, read_test_labels
 from segfold.errors import DataError
-from segfold.infer.scoring import class_table, competition_metric, pair_dice, truth_masks
-from segfold.infer.store import ProbStore
 from segfold.io import atomic_path
-
-if TYPE_CHECKING:
-    from segfold.config import Config
-    from segfold.data.config import DataConfig
-    from segfold.data.formats import Annotations
+from segfold.postprocess import apply_postprocess_batch, postprocess_for
+from segfold.probs import TEST_NAME, ProbStore, score_masks, truth_masks
 
 ENCODED = "EncodedPixels"
 
@@ -244,7 +240,7 @@ def decode_rows(frame: pd.DataFrame, layout: Layout, classes: Sequence[str], sha
 
 
 def score_submission(frame: pd.DataFrame, layout: Layout, classes: Sequence[str], shape: Sequence[int],
-                     annotations: Annotations, data_cfg: DataConfig, chunk: int = 64) -> dict[str, Any]:
+                     annotations: Annotations, data_cfg: Any, chunk: int = 64) -> dict[str, Any]:
     """Score a validated submission against known labels (at the submission's resolution).
 
     Returns:
@@ -256,24 +252,12 @@ def score_submission(frame: pd.DataFrame, layout: Layout, classes: Sequence[str]
     if unknown:
         raise DataError(f"the labels have no rows for {len(unknown)} submitted image(s), e.g. {unknown[0]!r}; "
                         "are they the labels of this test set?")
-    metric = competition_metric(data_cfg)
-    scores, dice, pred_pos, truth_pos = [], [], [], []
-    for start in range(0, len(images), chunk):
-        batch = images[start:start + chunk]
-        pred, truth = predicted(batch), truth_masks(annotations, batch, shape, len(classes))
-        scores.append(np.asarray(metric(pred, truth), dtype=np.float64).reshape(len(batch), -1))
-        dice.append(pair_dice(pred, truth, data_cfg.empty_score))
-        pred_pos.append(pred.any(axis=(2, 3)))
-        truth_pos.append(truth.any(axis=(2, 3)))
-    dice_all = np.concatenate(dice)
-    return {
-        "score": float(np.concatenate(scores).mean()),
-        "class_dice": {name: float(dice_all[:, c].mean()) for c, name in enumerate(classes)},
-        "table": class_table(classes, dice_all, np.concatenate(pred_pos), np.concatenate(truth_pos)),
-    }
+    result = score_masks(images, predicted, lambda ids: truth_masks(annotations, ids, shape, len(classes)),
+                         classes, data_cfg, chunk)
+    return {key: result[key] for key in ("score", "class_dice", "table")}
 
 
-def make_submission(cfg: Config, labels: str | os.PathLike | None = None) -> dict[str, Any]:
+def make_submission(cfg: Any, labels: str | os.PathLike | None = None) -> dict[str, Any]:
     """Post-process the test store, encode, validate and write `outputs/<exp>/submission.csv`.
 
     Args:
@@ -285,11 +269,9 @@ def make_submission(cfg: Config, labels: str | os.PathLike | None = None) -> dic
         `{"path", "rows", "postprocess" (where the rules came from), "non_empty"}` and, with `labels`,
         the keys of `score_submission`.
     """
-    from segfold.infer.postprocess import apply_postprocess_batch, postprocess_for
-
     data = cfg.data
     out_dir = cfg.experiment.output_dir
-    store = ProbStore.open(out_dir / "test", "test")
+    store = ProbStore.open(out_dir / TEST_NAME, TEST_NAME)
     if list(store.classes) != list(data.classes):
         raise DataError(f"{out_dir / 'test'}: the test store has classes {store.classes} but data.classes is "
                         f"{data.classes}; rerun scripts/predict.py")
@@ -319,8 +301,6 @@ def make_submission(cfg: Config, labels: str | os.PathLike | None = None) -> dic
     result: dict[str, Any] = {"path": str(path), "rows": len(frame), "postprocess": source,
                               "non_empty": int((~empty).sum())}
     if labels is not None:
-        from segfold.data.formats import read_test_labels
-
         label_cfg = data.model_copy(update={"test_labels": str(Path(labels).resolve())})
         result.update(score_submission(frame, layout, data.classes, shape, read_test_labels(label_cfg), data))
     return result

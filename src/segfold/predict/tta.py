@@ -17,6 +17,9 @@ import ttach
 from torch import nn
 from ttach.base import Merger
 
+from segfold.models import unpack_outputs
+from segfold.probs import probabilities
+
 TTA_NAMES = ("none", "hflip", "vflip", "flips", "d4")
 
 Predictor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -50,16 +53,9 @@ def build_tta(name: str = "flips", scales: Sequence[float] = (1.0,)) -> ttach.Co
     return ttach.Compose(transforms)  # NOTE an empty Compose yields one identity copy
 
 
-def activate(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """Probabilities from mask logits: softmax over classes for "multiclass", else sigmoid."""
-    return logits.float().softmax(dim=1) if mode == "multiclass" else logits.float().sigmoid()
-
-
 def _forward(model: nn.Module, images: torch.Tensor, forward_batch: int | None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mask logits and aux labels (or None) of `images`, in chunks of at most `forward_batch`."""
-    from segfold.models import unpack_outputs
-
     step = forward_batch or len(images)
     masks, labels = [], []
     for start in range(0, len(images), step):
@@ -96,7 +92,7 @@ def tta_predict(model: nn.Module, images: torch.Tensor, transforms: ttach.Compos
     for indices in groups.values():
         stacked = torch.cat([augmented[i] for i in indices])  # (copies * N, 3, h, w)
         logits, label_logits = _forward(model, stacked, forward_batch)
-        probs = activate(logits, mode)
+        probs = probabilities(logits, mode)
         for slot, index in enumerate(indices):
             masks[index] = probs[slot * batch:(slot + 1) * batch]
             if label_logits is not None:

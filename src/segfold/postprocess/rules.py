@@ -1,6 +1,6 @@
 """From probabilities to binary masks, with per-class rules, and the `thresholds.json` that stores them.
 
-Every rule of `PostprocessConfig` (see `segfold.infer.config`) is applied per class, in this order:
+Every rule of `PostprocessConfig` (see `segfold.config.infer`) is applied per class, in this order:
 
 1. `one_class_per_pixel`: each pixel keeps the probability of its argmax class only (others read 0;
    ties go to the first class);
@@ -16,7 +16,7 @@ Every rule of `PostprocessConfig` (see `segfold.infer.config`) is applied per cl
    that is empty too, its pixels at its highest probability are kept.
 
 On uint8 input (`round(p * 255)`, the probability stores) "exceeds t" is `u > floor(255 t)`, which is
-`u / 255 > t` in exact arithmetic; `segfold.infer.histsearch` relies on that.
+`u / 255 > t` in exact arithmetic; `segfold.postprocess.histograms` relies on that.
 """
 
 from __future__ import annotations
@@ -27,18 +27,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 from pydantic import ValidationError
 
+from segfold.config.base import format_validation_error
+from segfold.config.infer import RULE_KEYS, PostprocessConfig
 from segfold.errors import ConfigError, DataError
-from segfold.infer.config import RULE_KEYS, PostprocessConfig
 from segfold.io import write_json_atomic
-
-if TYPE_CHECKING:
-    from segfold.config import Config
 
 THRESHOLDS_FILE = "thresholds.json"
 
@@ -248,8 +246,6 @@ def load_thresholds(path: str | os.PathLike, classes: Sequence[str] | None = Non
     try:
         config = PostprocessConfig.model_validate(raw)
     except ValidationError as exc:
-        from segfold.config.base import format_validation_error
-
         raise ConfigError(format_validation_error(exc, PostprocessConfig, str(path))) from None
     if classes is not None and [str(c) for c in classes] != saved:
         raise ConfigError(f"{path} was tuned for classes {saved} but the experiment has {list(classes)}; "
@@ -259,7 +255,7 @@ def load_thresholds(path: str | os.PathLike, classes: Sequence[str] | None = Non
     return params
 
 
-def postprocess_for(cfg: Config, classes: Sequence[str]) -> tuple[PostprocessParams, str]:
+def postprocess_for(cfg: Any, classes: Sequence[str]) -> tuple[PostprocessParams, str]:
     """The rules a submission should use: `outputs/<exp>/thresholds.json` when tuned, else `cfg.postprocess`.
 
     Returns:

@@ -1,14 +1,16 @@
-"""Probability stores: per-pixel probabilities of many images as one memory-mapped uint8 file.
+"""Probability stores: per-pixel probabilities of many images as one memory-mapped uint8 array.
 
-A store named `oof` in `folder` is four files:
+A store named `oof` in `folder` is these files:
 
-- `oof.u8`: raw uint8 array `(N, C, H, W)` in C order, each value `round(p * 255)`;
+- `oof.npy`: a `.npy` array `(N, C, H, W)` uint8, each value `round(p * 255)`, written and read
+  with `numpy.lib.format.open_memmap` (the file's header says its shape and dtype);
 - `oof.index.csv`: one `ImageId` per row of the array, with a header line;
 - `oof.json`: `{"classes": [...], "shape": [N, C, H, W], "dtype": "uint8", "scale": 255, "has_cls": bool}`;
 - `oof.cls.npy` (optional): aux-head class probabilities `(N, C)` float32.
 
-While writing, every file has a temporary name (`.oof.u8.partial`, ...); `finalize()` flushes and
-renames them, the JSON last, so a store whose JSON exists is complete. Usage::
+Stores written before the `.npy` format (`oof.u8`, a raw array whose shape only the JSON gives)
+still open. While writing, every file has a temporary name (`.oof.npy.partial`, ...); `finalize()`
+flushes and renames them, the JSON last, so a store whose JSON exists is complete. Usage::
 
     store = ProbStore.create(folder, "test", image_ids, classes, height, width)
     store.write([0, 1], probs)          # float (2, C, H, W) in [0, 1]
@@ -25,23 +27,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.lib.format import open_memmap
 
 from segfold.errors import DataError
 from segfold.io import ensure_dir
+from segfold.probs.convert import SCALE, to_uint8
 
-SCALE = 255
 _PARTIAL = ".partial"
 
 
-def to_uint8(probs: np.ndarray) -> np.ndarray:
-    """Quantise probabilities in [0, 1] to uint8 `round(p * 255)` (values outside are clipped)."""
-    return np.rint(np.clip(np.asarray(probs, dtype=np.float32), 0.0, 1.0) * SCALE).astype(np.uint8)
-
-
 def store_paths(folder: str | os.PathLike, name: str) -> dict[str, Path]:
-    """The final file names of the store `name` in `folder` (keys: u8, index, json, cls)."""
+    """The final file names of the store `name` in `folder` (keys: npy, u8 (old format), index, json, cls)."""
     folder = Path(folder)
     return {
+        "npy": folder / f"{name}.npy",
         "u8": folder / f"{name}.u8",
         "index": folder / f"{name}.index.csv",
         "json": folder / f"{name}.json",
@@ -58,6 +57,28 @@ def store_exists(folder: str | os.PathLike, name: str) -> bool:
     return store_paths(folder, name)["json"].is_file()
 
 
+def _open_array(paths: dict[str, Path], shape: tuple[int, ...], mode: str) -> np.ndarray:
+    """The uint8 array of a store: the `.npy` file, else an old raw `.u8` file of the JSON's shape."""
+    if paths["npy"].is_file():
+        try:
+            probs = open_memmap(paths["npy"], mode=mode)
+        except ValueError as exc:
+            raise DataError(f"{paths['npy']}: not a readable .npy array ({exc}); the store is damaged, rewrite it") \
+                from None
+        if probs.dtype != np.uint8 or tuple(probs.shape) != shape:
+            raise DataError(f"{paths['npy']}: {probs.dtype} array of shape {list(probs.shape)}, expected uint8 "
+                            f"{list(shape)} (the shape in {paths['json'].name}); rewrite the store")
+        return probs
+    expected = int(np.prod(shape))
+    size = paths["u8"].stat().st_size if paths["u8"].is_file() else -1
+    if size != expected:
+        raise DataError(f"{paths['u8']}: {size} bytes, expected {expected} for shape {list(shape)}; "
+                        "the store is truncated, rewrite it")
+    if not expected:
+        return np.zeros(shape, dtype=np.uint8)
+    return np.memmap(paths["u8"], dtype=np.uint8, mode=mode, shape=shape)
+
+
 class ProbStore:
     """A memory-mapped uint8 probability array with its ImageId index and class names.
 
@@ -66,7 +87,7 @@ class ProbStore:
     """
 
     def __init__(self, folder: Path, name: str, image_ids: list[str], classes: list[str],
-                 probs: np.memmap, cls: np.ndarray | None, writable: bool) -> None:
+                 probs: np.ndarray, cls: np.ndarray | None, writable: bool) -> None:
         self.folder = folder
         self.name = name
         self.image_ids = image_ids
@@ -103,12 +124,7 @@ class ProbStore:
         folder = Path(folder)
         ensure_dir(folder)
         shape = (len(image_ids), len(classes), int(height), int(width))
-        u8_tmp = _partial(store_paths(folder, name)["u8"])
-        if len(image_ids):
-            probs = np.memmap(u8_tmp, dtype=np.uint8, mode="w+", shape=shape)
-        else:  # np.memmap refuses empty files
-            u8_tmp.write_bytes(b"")
-            probs = np.zeros(shape, dtype=np.uint8)  # type: ignore[assignment]
+        probs = open_memmap(_partial(store_paths(folder, name)["npy"]), mode="w+", dtype=np.uint8, shape=shape)
         return cls(folder, name, image_ids, classes, probs, None, writable=True)
 
     @classmethod
@@ -120,8 +136,8 @@ class ProbStore:
         """
         paths = store_paths(folder, name)
         if not paths["json"].is_file():
-            hint = " (a partial one exists: the run that wrote it did not finish)" \
-                if _partial(paths["u8"]).exists() else ""
+            partial = _partial(paths["npy"]).exists() or _partial(paths["u8"]).exists()
+            hint = " (a partial one exists: the run that wrote it did not finish)" if partial else ""
             raise DataError(f"no probability store '{name}' in {folder}: {paths['json']} not found{hint}")
         try:
             meta = json.loads(paths["json"].read_text())
@@ -133,15 +149,7 @@ class ProbStore:
         if "ImageId" not in index.columns or len(index) != shape[0]:
             raise DataError(f"{paths['index']}: expected an ImageId column with {shape[0]} rows "
                             f"(the shape in {paths['json'].name}), got {len(index)}; rewrite the store")
-        expected = int(np.prod(shape))
-        size = paths["u8"].stat().st_size if paths["u8"].is_file() else -1
-        if size != expected:
-            raise DataError(f"{paths['u8']}: {size} bytes, expected {expected} for shape {list(shape)}; "
-                            "the store is truncated, rewrite it")
-        if expected:
-            probs = np.memmap(paths["u8"], dtype=np.uint8, mode=mode, shape=shape)
-        else:
-            probs = np.zeros(shape, dtype=np.uint8)  # type: ignore[assignment]
+        probs = _open_array(paths, shape, mode)
         cls_probs = None
         if meta.get("has_cls") or paths["cls"].is_file():
             cls_probs = np.load(paths["cls"], allow_pickle=False).astype(np.float32)
@@ -176,28 +184,23 @@ class ProbStore:
     # ----------------------------------------------------------------- writing
     def write(self, rows: int | Sequence[int] | np.ndarray, probs: np.ndarray) -> None:
         """Store float probabilities `(n, C, H, W)` (or `(C, H, W)` for one int row) at `rows`."""
-        self._check_writable()
-        index = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         probs = np.asarray(probs)
-        if np.ndim(rows) == 0:
-            probs = probs[None]
-        expected = (len(index), *self.shape[1:])
-        if probs.shape != expected:
-            raise ValueError(f"ProbStore.write: probabilities of shape {probs.shape}, expected {expected} "
-                             "(resize to the store's height and width first)")
-        self.probs[index] = to_uint8(probs)
-        self._written[index] = True
+        self._put(rows, to_uint8(probs[None] if np.ndim(rows) == 0 else probs), "write")
 
     def write_uint8(self, rows: int | Sequence[int] | np.ndarray, values: np.ndarray) -> None:
         """Store already quantised probabilities (uint8 `round(p * 255)`, e.g. rows of another store)."""
-        self._check_writable()
-        index = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         values = np.asarray(values)
         if values.dtype != np.uint8:
             raise ValueError(f"write_uint8 takes uint8 values, got {values.dtype}; use write() for probabilities")
-        values = values[None] if np.ndim(rows) == 0 else values
-        if values.shape != (len(index), *self.shape[1:]):
-            raise ValueError(f"ProbStore.write_uint8: shape {values.shape}, expected {(len(index), *self.shape[1:])}")
+        self._put(rows, values[None] if np.ndim(rows) == 0 else values, "write_uint8")
+
+    def _put(self, rows: int | Sequence[int] | np.ndarray, values: np.ndarray, caller: str) -> None:
+        self._check_writable()
+        index = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        expected = (len(index), *self.shape[1:])
+        if values.shape != expected:
+            raise ValueError(f"ProbStore.{caller}: probabilities of shape {values.shape}, expected {expected} "
+                             "(resize to the store's height and width first)")
         self.probs[index] = values
         self._written[index] = True
 
@@ -239,9 +242,10 @@ class ProbStore:
                 "scale": SCALE, "has_cls": self.cls is not None}
         _partial(paths["json"]).write_text(json.dumps(meta, indent=2) + "\n")
         # NOTE: the header goes away first and comes back last, so a reader never pairs an old header
-        # with new data.
+        # with new data; an old-format array of the same name goes too.
         paths["json"].unlink(missing_ok=True)
-        os.replace(_partial(paths["u8"]), paths["u8"])
+        paths["u8"].unlink(missing_ok=True)
+        os.replace(_partial(paths["npy"]), paths["npy"])
         os.replace(_partial(paths["index"]), paths["index"])
         if self.cls is not None:
             os.replace(_partial(paths["cls"]), paths["cls"])

@@ -4,35 +4,46 @@ Members must hold the same images (in any order) and the same classes at the sam
 Probabilities are blended as floats (`u / 255`) and quantised once when written; the geometric mean
 floors each probability at half a quantisation step so that a 0 does not veto the others. Weights
 are searched with Optuna (TPE, seeded) on a sub-sample of the OOF: each trial blends the sample,
-histograms it and scores the best grid rules (`segfold.infer.histsearch.grid_search`), so members
+histograms it and scores the best grid rules (`segfold.postprocess.histograms.grid_search`), so members
 are weighed by what they add once thresholds are tuned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import optuna
 
+from segfold.config.load import config_to_dict, save_config, validate_config
 from segfold.errors import DataError
-from segfold.infer.components import ComponentCache
-from segfold.infer.histsearch import PIXEL_BUDGET, collect_histograms, evaluate, grid_search
-from segfold.infer.postprocess import PostprocessParams
-from segfold.infer.sources import OofSource, cached_truth, make_truth_reader, open_oof, open_test
-from segfold.infer.store import SCALE, ProbStore, to_uint8
 from segfold.io import write_json_atomic
+from segfold.postprocess.components import ComponentCache
+from segfold.postprocess.histograms import PIXEL_BUDGET, collect_histograms, evaluate, grid_search
+from segfold.postprocess.rules import PostprocessParams
+from segfold.postprocess.tune import default_min_areas, resolve_metric, tune_thresholds
+from segfold.probs import (
+    SCALE,
+    PackedTruth,
+    ProbStore,
+    StoreView,
+    TruthFn,
+    make_truth_reader,
+    open_oof,
+    open_test,
+    to_uint8,
+)
 
-if TYPE_CHECKING:
-    from segfold.config import Config
+logger = logging.getLogger(__name__)
 
 METHODS = ("mean", "weighted", "geometric")
 _FLOOR = 0.5 / SCALE
 
 
-def align(members: dict[str, OofSource], kind: str = "OOF") -> list[np.ndarray]:
+def align(members: dict[str, StoreView], kind: str = "OOF") -> list[np.ndarray]:
     """Rows of each member in the order of the first member's images.
 
     Raises:
@@ -90,9 +101,9 @@ def blend_probs(probs: Sequence[np.ndarray], weights: Sequence[float], method: s
 
 
 class BlendView:
-    """A blend computed on read, with the `OofSource` interface (`read_u8`, `shape`, `image_ids`, `cls`)."""
+    """A blend computed on read, with the `StoreView` interface (`read_u8`, `shape`, `image_ids`, `cls`)."""
 
-    def __init__(self, members: Sequence[OofSource], rows: Sequence[np.ndarray], weights: Sequence[float],
+    def __init__(self, members: Sequence[StoreView], rows: Sequence[np.ndarray], weights: Sequence[float],
                  method: str) -> None:
         self.members, self.rows, self.weights, self.method = list(members), list(rows), list(weights), method
         ref = self.members[0]
@@ -137,7 +148,7 @@ def write_blend(view: BlendView, folder: str | Path, name: str) -> ProbStore:
         raise
 
 
-def search_weights(members: Sequence[OofSource], rows: Sequence[np.ndarray], truth_fn: Callable[[str], np.ndarray],
+def search_weights(members: Sequence[StoreView], rows: Sequence[np.ndarray], truth_fn: TruthFn,
                    params: PostprocessParams, metric: str, empty_score: float, thresholds: Sequence[float],
                    min_areas: Sequence[int], method: str = "weighted", trials: int = 30, seed: int = 0,
                    max_images: int = 500) -> tuple[np.ndarray, float, optuna.Study]:
@@ -152,7 +163,7 @@ def search_weights(members: Sequence[OofSource], rows: Sequence[np.ndarray], tru
     num = len(members[0])
     sample = np.arange(num) if num <= max_images else \
         np.sort(np.random.default_rng(seed).choice(num, max_images, replace=False))
-    truth_fn = cached_truth(truth_fn, [members[0].image_ids[i] for i in sample])
+    truth_fn = PackedTruth(truth_fn, [members[0].image_ids[i] for i in sample])
 
     def score(weights: np.ndarray) -> float:
         hist = collect_histograms(BlendView(members, rows, weights, method), truth_fn, params.one_class_per_pixel,
@@ -171,7 +182,7 @@ def search_weights(members: Sequence[OofSource], rows: Sequence[np.ndarray], tru
     return best, float(study.best_value), study
 
 
-def score_table(sources: dict[str, Any], truth_fn: Callable[[str], np.ndarray], params: PostprocessParams,
+def score_table(sources: dict[str, Any], truth_fn: TruthFn, params: PostprocessParams,
                 metric: str, empty_score: float, thresholds: Sequence[float],
                 min_areas: Sequence[int]) -> list[dict[str, Any]]:
     """Per source: its OOF score with `params` and with grid-tuned rules (exact, whole OOF)."""
@@ -193,7 +204,7 @@ def format_table(table: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _open_tests(configs: dict[str, Any]) -> dict[str, OofSource] | None:
+def _open_tests(configs: dict[str, Any]) -> dict[str, StoreView] | None:
     """Every member's test store, None when no member has one (DataError when only some do)."""
     found, missing = {}, []
     for name, cfg in configs.items():
@@ -207,10 +218,9 @@ def _open_tests(configs: dict[str, Any]) -> dict[str, OofSource] | None:
     return found or None
 
 
-def run_blend(configs: Sequence[Config], name: str, method: str = "weighted", weights: Sequence[float] | None = None,
-              trials: int = 30, max_images: int = 500, base: Config | None = None,
-              truth_fn: Callable[[str], np.ndarray] | None = None, tune: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_blend(configs: Sequence[Any], name: str, method: str = "weighted", weights: Sequence[float] | None = None,
+              trials: int = 30, max_images: int = 500, base: Any | None = None,
+              truth_fn: TruthFn | None = None, tune: bool = True) -> dict[str, Any]:
     """Blend experiments' OOF (and test) stores into `outputs/<name>/`, then tune thresholds on the blend.
 
     Args:
@@ -223,14 +233,10 @@ def run_blend(configs: Sequence[Config], name: str, method: str = "weighted", we
         base: the blend's settings (data, postprocess, ...); default the first member's config.
         truth_fn: `image_id -> (C, H, W)` true masks (default: the training annotations).
         tune: run `tune_thresholds` on the blended OOF.
-        log: where progress lines go.
 
     Returns:
         `weights`, `table` (each member's and the blend's OOF scores), `output_dir`, and `tuning` when tuned.
     """
-    from segfold.config.load import config_to_dict, save_config, validate_config
-    from segfold.infer.tuning import default_min_areas, resolve_metric, tune_thresholds
-
     members = {cfg.experiment.name: cfg for cfg in configs}
     if len(members) != len(configs) or len(configs) < 2:
         raise DataError(f"blend needs at least two experiments with distinct names, got "
@@ -262,29 +268,29 @@ def run_blend(configs: Sequence[Config], name: str, method: str = "weighted", we
             raise DataError(f"{len(weights)} weights for {len(members)} members ({', '.join(members)})")
         w = normalise(weights)
     elif method == "weighted":
-        log(f"searching blend weights: {trials} trials on up to {max_images} OOF images")
+        logger.info("searching blend weights: %d trials on up to %d OOF images", trials, max_images)
         w, value, _ = search_weights(list(oof.values()), rows, truth_fn, params, metric, empty, thresholds,
                                      min_areas, method, trials, cfg.experiment.seed, max_images)
         search = {"trials": trials, "images": min(max_images, len(ref)), "sample_score": value}
     else:
         w = normalise(np.ones(len(members)))
-    log("weights: " + ", ".join(f"{n}={x:.3f}" for n, x in zip(members, w, strict=True)) + f" ({method})")
+    logger.info("weights: %s (%s)", ", ".join(f"{n}={x:.3f}" for n, x in zip(members, w, strict=True)), method)
 
     blended = write_blend(BlendView(list(oof.values()), rows, w, method), out_dir / "oof", "oof")
     if tests is not None and test_rows is not None:
         write_blend(BlendView(list(tests.values()), test_rows, w, method), out_dir / "test", "test")
     else:
-        log("no member has test probabilities (scripts/predict.py); blended the OOF only")
+        logger.info("no member has test probabilities (scripts/predict.py); blended the OOF only")
     save_config(cfg, out_dir / "config.yaml")
-    blend_source = OofSource([blended], str(out_dir / "oof"))
+    blend_source = StoreView([blended], str(out_dir / "oof"))
     table = score_table({**oof, name: blend_source}, truth_fn, params, metric, empty, thresholds, min_areas)
-    log(format_table(table, metric))
+    logger.info(format_table(table, metric))
     write_json_atomic(out_dir / "blend.json", {
         "members": {n: str(c.experiment.output_dir) for n, c in members.items()}, "method": method,
         "weights": dict(zip(members, w.tolist(), strict=True)), "search": search, "scores": table,
         "test": tests is not None})
     result: dict[str, Any] = {"weights": w, "table": table, "output_dir": out_dir, "config": cfg}
     if tune:
-        result["tuning"] = tune_thresholds(cfg, source=blend_source, truth_fn=truth_fn, log=log)
-    log(f"next: python scripts/make_submission.py --config {out_dir / 'config.yaml'}")
+        result["tuning"] = tune_thresholds(cfg, source=blend_source, truth_fn=truth_fn)
+    logger.info("next: python scripts/make_submission.py --config %s", out_dir / "config.yaml")
     return result

@@ -114,7 +114,7 @@ class ThresholdTuneConfig(StrictModel):
 
 
 class PostprocessConfig(StrictModel):
-    """From probabilities to binary masks: the rules of `segfold.infer.postprocess.apply_postprocess`.
+    """From probabilities to binary masks: the rules of `segfold.postprocess.rules.apply_postprocess`.
 
     The top-level rule keys are the defaults of every class; `per_class` overrides them by class name::
 

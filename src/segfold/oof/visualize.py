@@ -9,19 +9,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from segfold.data.formats import image_path, read_train
+from segfold.data.images import read_image, resize_image
 from segfold.errors import DataError
-from segfold.infer.oof import OOF_NAME, SCORES_FILE
-from segfold.infer.scoring import binarize, truth_masks
-from segfold.infer.store import ProbStore
 from segfold.io import atomic_path
-
-if TYPE_CHECKING:
-    from segfold.config import Config
+from segfold.oof.gather import SCORES_FILE
+from segfold.probs import OOF_NAME, ProbStore, binarize, truth_masks
 
 TRUTH_COLOR = np.array([0.1, 0.9, 0.2])
 PRED_COLOR = np.array([1.0, 0.2, 0.1])
@@ -80,15 +78,12 @@ def _file_name(prefix: str, rank: int, image_id: str) -> str:
     return f"{prefix}_{rank:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(image_id).stem)}.png"
 
 
-def visualize_oof(cfg: Config, count: int = 4, out_dir: str | Path | None = None) -> list[Path]:
+def visualize_oof(cfg: Any, count: int = 4, out_dir: str | Path | None = None) -> list[Path]:
     """Draw the `count` worst and `count` best OOF images (by `oof_scores.csv`) as PNG overlays.
 
     Returns:
         The PNG paths, worst first.
     """
-    from segfold.data.formats import image_path, read_train
-    from segfold.data.images import read_image, resize_image
-
     out = cfg.experiment.output_dir
     scores_path = out / OOF_NAME / SCORES_FILE
     if not scores_path.is_file():

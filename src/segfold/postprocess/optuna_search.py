@@ -6,7 +6,7 @@ the OOF has class probabilities, the classifier gate. The other classes are held
 rules, so the search is coordinate-wise. Each trial is scored exactly from the histograms (and the
 component cache); the grid's best rule is the first trial, so a study never ends below it. On a
 large OOF the trials are scored on a seeded sub-sample of images (`postprocess.tune.max_images`)
-and a rule is only kept when it also wins on the whole OOF (see `segfold.infer.tuning`).
+and a rule is only kept when it also wins on the whole OOF (see `segfold.postprocess.tune`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import replace
 
 import optuna
 
-from segfold.infer.components import ComponentCache
-from segfold.infer.histsearch import Histograms, evaluate
-from segfold.infer.postprocess import ClassRules, PostprocessParams
+from segfold.postprocess.components import ComponentCache
+from segfold.postprocess.histograms import Histograms, evaluate
+from segfold.postprocess.rules import ClassRules, PostprocessParams
 
 _STEP = 0.01
 

@@ -2,21 +2,17 @@
 
 The histograms cannot tell how a mask splits into components, so for `area_mode: component` the
 binary masks are labelled (`cv2.connectedComponentsWithStats`, 8-connected, as
-`segfold.infer.postprocess.remove_small_components` does) once per class and uint8 cutoff; each
+`segfold.postprocess.rules.remove_small_components` does) once per class and uint8 cutoff; each
 component's area and true positives are kept, and any minimum area then follows by a sum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import cv2
 import numpy as np
 
-from segfold.infer.histsearch import PIXEL_BUDGET, exclusive_u8, read_truth
-from segfold.infer.sources import OofSource
-
-TRUTH_CACHE_BYTES = 512 << 20  # packed true masks are kept in memory below this size, else re-read
+from segfold.postprocess.histograms import PIXEL_BUDGET, exclusive_u8
+from segfold.probs import PackedTruth, StoreView, TruthFn
 
 
 class ComponentCache:
@@ -29,32 +25,17 @@ class ComponentCache:
         one_class_per_pixel: keep only each pixel's argmax class first (as the post-processing does).
     """
 
-    def __init__(self, source: OofSource, truth_fn: Callable[[str], np.ndarray], rows: np.ndarray | None = None,
+    def __init__(self, source: StoreView, truth_fn: TruthFn, rows: np.ndarray | None = None,
                  one_class_per_pixel: bool = False) -> None:
         self.source = source
-        self.truth_fn = truth_fn
         self.rows = np.arange(len(source)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.truth = truth_fn if isinstance(truth_fn, PackedTruth) else \
+            PackedTruth(truth_fn, [source.image_ids[i] for i in self.rows])
         self.one_class_per_pixel = one_class_per_pixel
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        num, classes, height, width = source.shape
-        self._packed: np.ndarray | None = None
-        self._keep_truth = len(self.rows) * classes * height * width // 8 <= TRUTH_CACHE_BYTES
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def _truth(self, index: np.ndarray, start: int, c: int) -> np.ndarray:
-        """bool `(n, H, W)` true masks of class `c` for `index` (= self.rows[start:start + n])."""
-        shape = self.source.shape[1:]
-        if not self._keep_truth:
-            return read_truth(self.truth_fn, [self.source.image_ids[i] for i in index], shape)[:, c]
-        if self._packed is None:
-            ids = [self.source.image_ids[i] for i in self.rows]
-            self._packed = np.stack([np.packbits(read_truth(self.truth_fn, [i], shape)[0].reshape(shape[0], -1),
-                                                 axis=-1) for i in ids]) if ids else None
-        packed = self._packed[start:start + len(index), c]  # (n, ceil(H*W / 8))
-        size = shape[1] * shape[2]
-        return np.unpackbits(packed, axis=-1, count=size).reshape(len(index), *shape[1:]).astype(bool)
 
     def _label(self, c: int, cutoff: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per component of class `c` at `u > cutoff`: its row (position in `rows`), area and true positives."""
@@ -67,7 +48,7 @@ class ComponentCache:
                 probs = exclusive_u8(self.source.read_u8(index))[:, c]
             else:
                 probs = self.source.read_u8(index, channel=c)
-            truth = self._truth(index, start, c)
+            truth = self.truth.channel([self.source.image_ids[i] for i in index], c, self.source.shape[1:])
             for i, (prob, true) in enumerate(zip(probs, truth, strict=True)):
                 mask = (prob > cutoff).astype(np.uint8)
                 if not mask.any():

@@ -2,11 +2,11 @@
 
 One read of the OOF (`cv2.calcHist`) keeps, per image and class, two 256-bin histograms: pixels per uint8 value and
 true pixels per value (`Histograms`). A pixel is positive at threshold t when `u > k = floor(255 t)`
-(`segfold.infer.postprocess.u8_cutoff`), so with reversed cumulative sums the predicted area at k is
+(`segfold.postprocess.rules.u8_cutoff`), so with reversed cumulative sums the predicted area at k is
 `above[k]` and the true positives are `tp_above[k]`: every threshold, total-area rule, triplet rule,
 classifier gate, `one_class_per_pixel` (applied before the histograms) and `at_least_one` follows
 exactly, without reading the OOF again. Only per-component areas need the pixels
-(`segfold.infer.components`).
+(`segfold.postprocess.components`).
 
 Scores from (predicted area, true positives, true area) per image and class:
 `dice_pairs` (one Dice per image and class), `dice_image` (one Dice per image, classes pooled) and
@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 
 from segfold.errors import DataError
-from segfold.infer.postprocess import ClassRules, PostprocessParams, u8_cutoff
+from segfold.postprocess.rules import ClassRules, PostprocessParams, u8_cutoff
+from segfold.probs import StoreView, read_truth
 
-if TYPE_CHECKING:
-    from segfold.infer.components import ComponentCache
-    from segfold.infer.sources import OofSource
+if TYPE_CHECKING:  # NOTE the component cache is built from these histograms' module: types only
+    from segfold.postprocess.components import ComponentCache
 
 METRICS = ("dice_pairs", "dice_image", "tgs_iou")
 IOU_PERCENT = np.arange(50, 100, 5)  # TGS IoU thresholds 0.50 ... 0.95 in percent
@@ -93,18 +93,6 @@ def exclusive_u8(probs: np.ndarray) -> np.ndarray:
     return np.where(keep, probs, 0).astype(probs.dtype)
 
 
-def read_truth(truth_fn: Callable[[str], np.ndarray], image_ids: Sequence[str], shape: tuple[int, ...]) -> np.ndarray:
-    """Stack the true masks of `image_ids` as bool `(n, C, H, W)`; a mask of another shape is an error."""
-    masks = []
-    for image_id in image_ids:
-        mask = np.asarray(truth_fn(image_id))
-        if mask.shape != tuple(shape):
-            raise DataError(f"true mask of image {image_id!r} has shape {mask.shape}, expected {tuple(shape)} "
-                            "(the probability store's classes and resolution)")
-        masks.append(mask.astype(bool, copy=False))
-    return np.stack(masks) if masks else np.zeros((0, *shape), dtype=bool)
-
-
 def value_counts(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Pixels per uint8 value `(256,)` of a `(H, W)` map, only where `mask` is true when given."""
     if values.size < 1 << 24:  # cv2.calcHist counts in float32: exact below 2**24 per bin
@@ -114,12 +102,12 @@ def value_counts(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
     return np.bincount((values if mask is None else values[mask]).ravel(), minlength=256)
 
 
-def collect_histograms(source: OofSource, truth_fn: Callable[[str], np.ndarray], one_class_per_pixel: bool = False,
+def collect_histograms(source: StoreView, truth_fn: Callable[[str], np.ndarray], one_class_per_pixel: bool = False,
                        rows: np.ndarray | None = None) -> Histograms:
     """Read the OOF once (in chunks of about `PIXEL_BUDGET` pixels) and histogram it against the truth.
 
     Args:
-        source: the OOF probabilities (`segfold.infer.sources.OofSource`).
+        source: the OOF probabilities (`segfold.probs.StoreView`).
         truth_fn: `image_id -> (C, H, W)` true masks at the store's resolution.
         one_class_per_pixel: keep only each pixel's argmax class before counting.
         rows: the rows to read (default all).

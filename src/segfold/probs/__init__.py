@@ -1,0 +1,64 @@
+"""segfold.probs: the probability layer under training, prediction, post-processing, blending and submission.
+
+Logits to probabilities and the scoring resolution (`convert`), true masks at that resolution
+(`truth`), chunked scoring (`scoring`), the uint8 probability store (`store`) and views of several
+stores (`views`), writing a store batch by batch (`writer`), an experiment's fold folders
+(`outputs`), checkpoints and the models in them (`checkpoint`), and the device rule (`device`).
+"""
+
+from segfold.probs.checkpoint import load_checkpoint, load_checkpoint_model, load_fold_models
+from segfold.probs.convert import DEFAULT_THRESHOLD, SCALE, binarize, probabilities, resize_probs, to_uint8
+from segfold.probs.device import resolve_device
+from segfold.probs.outputs import OOF_NAME, TEST_NAME, fold_checkpoints, fold_dirs, fold_number
+from segfold.probs.scoring import batch_scores, class_table, competition_metric, pair_dice, score_masks
+from segfold.probs.store import ProbStore, store_exists, store_paths
+from segfold.probs.truth import (
+    PackedTruth,
+    TruthFn,
+    batch_truth,
+    fit_mask,
+    make_truth_reader,
+    read_truth,
+    resize_nearest,
+    truth_masks,
+)
+from segfold.probs.views import StoreView, open_oof, open_test
+from segfold.probs.writer import StoreWriter
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "OOF_NAME",
+    "SCALE",
+    "TEST_NAME",
+    "PackedTruth",
+    "TruthFn",
+    "ProbStore",
+    "StoreView",
+    "StoreWriter",
+    "batch_scores",
+    "batch_truth",
+    "binarize",
+    "class_table",
+    "competition_metric",
+    "fit_mask",
+    "fold_checkpoints",
+    "fold_dirs",
+    "fold_number",
+    "load_checkpoint",
+    "load_checkpoint_model",
+    "load_fold_models",
+    "make_truth_reader",
+    "open_oof",
+    "open_test",
+    "pair_dice",
+    "probabilities",
+    "read_truth",
+    "resize_nearest",
+    "resize_probs",
+    "resolve_device",
+    "score_masks",
+    "store_exists",
+    "store_paths",
+    "to_uint8",
+    "truth_masks",
+]

@@ -1,0 +1,80 @@
+"""Reading checkpoints and rebuilding the models they hold: one fold's, or every fold's of an experiment.
+
+Checkpoints load with `torch.load(weights_only=True)`: tensors, plain containers, numbers, strings.
+A checkpoint holds the resolved config as a plain dict, so a model is rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segfold.config.load import validate_config
+from segfold.errors import TrainingError
+from segfold.models import build_model
+from segfold.probs.outputs import fold_checkpoints
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; a missing or unreadable file is a `TrainingError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint not found: {path} (train the fold first, or check the experiment name)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (pickle / zip errors of many kinds)
+        raise TrainingError(f"{path}: not a readable segfold checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise TrainingError(f"{path}: not a segfold checkpoint (expected the keys 'model' and 'config')")
+    return state
+
+
+def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """Rebuild the model saved in a checkpoint, in eval mode, with the config it was trained with.
+
+    Args:
+        path: a `best.pt` / `last.pt` / top-k file written by `segfold.train.train`.
+        device: where the model goes.
+
+    Returns:
+        `(model, cfg)`: the model with the checkpoint's weights and the validated `segfold.config.Config`;
+        ``model.pretrained_cfg`` is the input normalisation recorded in the checkpoint (the one it was
+        trained with), for checkpoints that record one.
+    """
+    state = load_checkpoint(path)
+    cfg = validate_config(state["config"], source=f"{path} (embedded config)")
+    model = build_model(cfg.model, len(cfg.data.classes))
+    # `deep_supervision` only changes what the model returns in training mode; weights are the same.
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise TrainingError(
+            f"{path}: weights do not match the model its config builds "
+            f"(missing: {list(missing)[:5]}, unexpected: {list(unexpected)[:5]})"
+        )
+    if state.get("preprocessing"):
+        model.preprocessing = {key: list(value) if isinstance(value, (list, tuple)) else value
+                               for key, value in state["preprocessing"].items()}
+    return model.to(device).eval(), cfg
+
+
+def load_fold_models(output_dir: str | os.PathLike, checkpoint: str, folds: Sequence[int] | None,
+                     device: torch.device) -> tuple[list[nn.Module], list[int]]:
+    """The trained models of `folds` (every fold found when None), in eval mode, and the folds used.
+
+    Raises:
+        TrainingError: no fold has a checkpoint, or a requested fold has none.
+    """
+    paths, missing = fold_checkpoints(output_dir, checkpoint, folds)
+    if not paths:
+        raise TrainingError(f"no checkpoint '{checkpoint}' in {output_dir}/fold<k>/: train a fold first "
+                            "(scripts/train.py --config ...)")
+    if folds is not None and missing:
+        raise TrainingError(f"fold(s) {missing} have no {checkpoint} in {output_dir}; train them or drop them "
+                            f"from --folds (found: {sorted(paths)})")
+    models = [load_checkpoint_model(path, device)[0] for path in paths.values()]
+    return models, sorted(paths)

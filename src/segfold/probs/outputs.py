@@ -1,0 +1,49 @@
+"""Where an experiment's outputs are: its fold folders, their checkpoints and probability stores.
+
+`outputs/<experiment>/fold<k>/` holds a fold's checkpoints and its OOF store (`oof.*`);
+`outputs/<experiment>/oof/oof.*` is the gathered OOF, `outputs/<experiment>/test/test.*` the test store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from segfold.probs.store import store_exists
+
+OOF_NAME = "oof"  # the store name and the folder of the gathered OOF
+TEST_NAME = "test"  # the store name and folder of the test probabilities
+
+
+def fold_number(path: str | os.PathLike) -> int | None:
+    """k of a folder named `fold<k>`, else None."""
+    match = re.fullmatch(r"fold(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def fold_dirs(output_dir: str | os.PathLike, with_store: str | None = None) -> dict[int, Path]:
+    """The `fold<k>` folders of an experiment by k, in order; only those holding store `with_store` when given."""
+    found = {}
+    for path in Path(output_dir).glob("fold*"):
+        k = fold_number(path)
+        if k is not None and path.is_dir() and (with_store is None or store_exists(path, with_store)):
+            found[k] = path
+    return dict(sorted(found.items()))
+
+
+def fold_checkpoints(output_dir: str | os.PathLike, checkpoint: str = "best.pt",
+                     folds: Sequence[int] | None = None) -> tuple[dict[int, Path], list[int]]:
+    """The checkpoint of each fold in `output_dir/fold<k>/`, and the requested folds that have none.
+
+    Args:
+        output_dir: `outputs/<experiment>`.
+        checkpoint: file name inside each fold folder.
+        folds: the folds wanted; None: every `fold<k>` folder found.
+    """
+    output_dir = Path(output_dir)
+    folds = list(fold_dirs(output_dir)) if folds is None else folds
+    paths = {int(k): output_dir / f"fold{k}" / checkpoint for k in folds}
+    missing = [k for k, path in paths.items() if not path.is_file()]
+    return {k: p for k, p in paths.items() if k not in missing}, missing
