@@ -19,7 +19,7 @@ REPLACED = "replaced"
 
 def describe_run(fold_dir: Path) -> str:
     """`best.pt epoch 3, score 0.6910` from the checkpoint (or just the file names when unreadable)."""
-    from segfold.train.checkpoint import load_checkpoint
+    from segfold.probs import load_checkpoint
 
     path = fold_dir / "best.pt"
     if path.is_file():
