@@ -14,8 +14,10 @@ install:
 install-dev: install
 	$(PIP) install -q -r requirements-dev.txt
 
-# The test command of the README (and of .ci/run).
+# The test command of the README (and of .ci/run): the layer contracts of pyproject.toml
+# ([tool.importlinter], docs/DESIGN.md "Layers"), then the suite.
 test: install-dev
+	lint-imports
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 # The main job: the whole chain on the synthetic demo competition (made on first use).

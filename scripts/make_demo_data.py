@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 from segfold.cli import script_main
-from segfold.data.config import DataConfig
+from segfold.config import repo_root
+from segfold.config.data import DataConfig
 from segfold.data.demo import make_demo_data
 
 
@@ -20,7 +21,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=300)
     parser.add_argument("--n-test", type=int, default=100)
     args = parser.parse_args()
-    root = args.root if args.root is not None else DataConfig().root_path
+    root = args.root if args.root is not None else DataConfig().resolve_paths(repo_root()).root_path
     path = make_demo_data(root, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
     print(f"wrote the demo competition to {path} ({args.n_train} training and {args.n_test} test images)")
 

@@ -151,7 +151,7 @@ def test_run_blend_rejects_partial_test_stores_and_bad_names(tmp_path):
 
 @pytest.mark.slow
 def test_blend_script_on_demo_annotations(tmp_path, capsys):
-    from segfold.data.config import DataConfig
+    from segfold.config.data import DataConfig
     from segfold.data.demo import make_demo_data
     from segfold.data.formats import read_train
 

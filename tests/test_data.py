@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from segfold.config.data import DataConfig
 from segfold.data import demo, formats
-from segfold.data.config import DataConfig
 from segfold.data.dataset import SegmentationDataset, normalise
 from segfold.data.images import DataWarning
 from segfold.data.sampler import PositiveShareSampler

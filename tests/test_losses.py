@@ -352,7 +352,7 @@ def test_joint_loss_and_build_loss_by_hand():
 
 
 def test_build_loss_accepts_the_config_terms():
-    from segfold.train.config import LossConfig
+    from segfold.config.train import LossConfig
 
     cfg = LossConfig()
     loss = build_loss(cfg.terms, "multilabel")

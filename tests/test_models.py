@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import segfold
+from segfold.config.model import ModelConfig
 from segfold.errors import WeightsError
 from segfold.models import (
-    ModelConfig,
     SegmentationModel,
     build_model,
     create_model,
@@ -347,6 +347,51 @@ def test_predict_and_freeze_encoder():
     assert torch.equal(encoder_norms[0].running_mean, before)  # statistics stay fixed
     model.unfreeze_encoder()
     assert all(p.requires_grad for p in model.encoder.parameters()) and all(m.training for m in encoder_norms)
+
+
+def test_freeze_encoder_fixes_every_norm_layer_with_running_statistics():
+    """InstanceNorm with running statistics (a `_NormBase`, not a `_BatchNorm`) is held too; LayerNorm
+    and GroupNorm keep no statistics and behave alike in both modes."""
+    model = build("Unet")
+    model.encoder.model.extra_norm = nn.InstanceNorm2d(3, track_running_stats=True)  # reached by .modules()
+    norm = model.encoder.model.extra_norm
+    model.freeze_encoder()
+    model.train()
+    assert not norm.training
+    norm(torch.randn(2, 3, 8, 8))
+    assert torch.equal(norm.running_mean, torch.zeros(3)) and int(norm.num_batches_tracked) == 0
+    model.unfreeze_encoder()
+    assert norm.training
+
+
+def test_grad_checkpointing_keeps_fewer_activations_and_the_same_gradients():
+    """With `model.grad_checkpointing` the forward pass saves fewer tensors for backward (the encoder's
+    are recomputed there) and the gradients are those of the plain model."""
+    params = {"decoder_channels": [16, 16, 8, 8, 8]}
+    plain = build_model(ModelConfig(arch="unet", encoder_name="test_resnet", params=params), 1)
+    checkpointed = build_model(ModelConfig(arch="unet", encoder_name="test_resnet", grad_checkpointing=True,
+                                           params=params), 1)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.grad_checkpointing and checkpointed.encoder.model.grad_checkpointing
+    x = torch.randn(2, 3, 32, 32)
+    grads, saved = [], []
+    for model in (plain, checkpointed):
+        model.train()  # timm checkpoints in training mode; BatchNorm sees the same batch when recomputed
+        count = [0]
+
+        def pack(tensor, count=count):
+            count[0] += 1
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = model(x).square().mean()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.encoder.parameters()]))
+        saved.append(count[0])
+    assert saved[1] < saved[0]
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(segfold.errors.ConfigError, match="mit_b0.*does not support gradient checkpointing"):
+        build_model(ModelConfig(arch="Segformer", encoder_name="mit_b0", grad_checkpointing=True), 1)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

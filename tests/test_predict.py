@@ -225,7 +225,7 @@ def _expected_flips(cfg, image_name):
     """Mean over folds and the 4 flips of the sigmoids, by hand: cv2 read, normalise, torch.flip."""
     import cv2
 
-    from segfold.train import load_checkpoint_model
+    from segfold.probs import load_checkpoint_model
 
     image = cv2.cvtColor(cv2.imread(str(cfg.data.root_path / "test_images" / image_name)), cv2.COLOR_BGR2RGB)
     masks, labels = [], []

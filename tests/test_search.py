@@ -49,7 +49,7 @@ def fake_train(scores_by_epoch=None):
 def test_search_runs_budget_and_writes_best_config(tmp_path):
     cfg = make_cfg(tmp_path, pruner="none")
     train = fake_train()
-    study = hparams.run_search(cfg, train_fn=train, log=lambda _: None)
+    study = hparams.run_search(cfg, train_fn=train)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4
     # every trial is a short run (search.epochs) of the configured fold, in its own folder
@@ -65,9 +65,9 @@ def test_search_runs_budget_and_writes_best_config(tmp_path):
 
 def test_search_resumes_instead_of_restarting(tmp_path):
     cfg = make_cfg(tmp_path, pruner="none")
-    hparams.run_search(cfg, trials=2, train_fn=fake_train(), log=lambda _: None)
+    hparams.run_search(cfg, trials=2, train_fn=fake_train())
     train = fake_train()
-    study = hparams.run_search(cfg, trials=3, train_fn=train, log=lambda _: None)
+    study = hparams.run_search(cfg, trials=3, train_fn=train)
     assert len(train.calls) == 1  # only the missing trial ran
     assert len(study.trials) == 3
 
@@ -76,7 +76,7 @@ def test_seeded_search_is_reproducible(tmp_path):
     runs = []
     for name in ("a", "b"):
         cfg = make_cfg(tmp_path / name, pruner="none")
-        study = hparams.run_search(cfg, train_fn=fake_train(), log=lambda _: None)
+        study = hparams.run_search(cfg, train_fn=fake_train())
         runs.append([t.params["optim.lr"] for t in study.trials])
     assert runs[0] == runs[1]
 
@@ -86,7 +86,7 @@ def test_median_pruner_prunes_a_bad_trial(tmp_path):
     study = hparams.open_study(cfg)
     for lr in (1e-2, 1e-4, 1e-2):  # queued values run first, in this order
         study.enqueue_trial({"optim.lr": lr})
-    study = hparams.run_search(cfg, train_fn=fake_train(), log=lambda _: None)
+    study = hparams.run_search(cfg, train_fn=fake_train())
     states = [(t.params["optim.lr"], t.state) for t in study.trials]
     # trial 1 (lr=1e-4) scores -2.2 at epoch 0, below the median -0.2 of the finished trial 0: pruned there
     assert states == [(1e-2, TrialState.COMPLETE), (1e-4, TrialState.PRUNED), (1e-2, TrialState.COMPLETE)]
@@ -102,7 +102,7 @@ def test_failed_trial_is_recorded_and_search_goes_on(tmp_path):
             raise TrainingError("loss is nan at epoch 1, step 3")
         return good(trial_cfg, fold, epoch_callback)
 
-    study = hparams.run_search(cfg, train_fn=flaky, log=lambda _: None)
+    study = hparams.run_search(cfg, train_fn=flaky)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and "loss is nan at epoch 1, step 3" in failed[0].user_attrs["fail_reason"]
     assert len(study.trials) == 3 and "1 fail" in hparams.summarize(study)
@@ -111,7 +111,7 @@ def test_failed_trial_is_recorded_and_search_goes_on(tmp_path):
 def test_space_key_typo_is_a_config_error(tmp_path):
     cfg = make_cfg(tmp_path, space={"optim.lrr": {"type": "float", "low": 0.1, "high": 1.0}})
     with pytest.raises(ConfigError, match=r"search.space 'optim.lrr'.*did you mean 'optim.lr'"):
-        hparams.run_search(cfg, train_fn=fake_train(), log=lambda _: None)
+        hparams.run_search(cfg, train_fn=fake_train())
 
 
 def test_param_spec_validation():
@@ -127,6 +127,7 @@ WORKER = textwrap.dedent(
     """
     import sys, time, math
     from segfold.config import validate_config
+    from segfold.logs import setup_logging
     from segfold.search import hparams
 
     def train(cfg, fold, epoch_callback=None):
@@ -137,7 +138,8 @@ WORKER = textwrap.dedent(
     space = {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}
     cfg = validate_config({"experiment": {"name": "w", "output_root": root},
                            "search": {"trials": 6, "pruner": "none", "space": space}})
-    study = hparams.run_search(cfg, train_fn=train, log=lambda line: print(line, flush=True))
+    setup_logging()  # the trial lines on stdout, as the script shows them
+    study = hparams.run_search(cfg, train_fn=train)
     """
 )
 

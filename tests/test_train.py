@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from segfold.config import ConfigError, validate_config
+from segfold.config.train import OptimConfig, SchedulerConfig
 from segfold.probs import load_checkpoint
 from segfold.train.checkpoint import rng_state, save_checkpoint, set_rng_state
-from segfold.train.config import OptimConfig, SchedulerConfig
 from segfold.train.optim import build_optimizer, param_groups
 from segfold.train.runlog import MetricsLogger, write_run_info
 from segfold.train.schedule import LrSchedule
@@ -323,8 +323,9 @@ def test_train_writes_every_output_and_oof_matches_the_best_checkpoint(tiny_data
     import pandas as pd
 
     from segfold.data.formats import read_train
+    from segfold.probs import load_checkpoint_model
     from segfold.probs.store import ProbStore
-    from segfold.train import load_checkpoint_model, train
+    from segfold.train import train
 
     cfg = tiny_config(tiny_data, tmp_path, data={"metric_size": None}, model={"aux": True},
                       train={"ema": True, "ema_decay": 0.5, "save_top_k": 2})

@@ -203,7 +203,7 @@ def test_tune_thresholds_writes_scores_that_brute_force_confirms(tmp_path, caplo
 @pytest.mark.slow
 def test_tune_thresholds_script_on_demo_annotations(tmp_path, monkeypatch, capsys):
     """The script with the real data layer: demo labels at 128x256, OOF stored at 64x128 (nearest resize)."""
-    from segfold.data.config import DataConfig
+    from segfold.config.data import DataConfig
     from segfold.data.demo import make_demo_data
     from segfold.data.formats import read_train
 

@@ -6,36 +6,34 @@ The model zoo keeps the segmentation_models_pytorch API::
     masks = model.predict(images)
 """
 
-from __future__ import annotations
+__version__ = "0.1.0"  # NOTE first: segfold.models.base reads it while this package is still importing
 
-from typing import Any
-
-__version__ = "0.1.0"
-
-# Re-exported lazily (PEP 562) so that `import segfold.config` does not pull in torch and timm.
-_MODEL_EXPORTS = (
-    "create_model", "from_pretrained", "list_models", "register_model", "build_model", "unpack_outputs",
-    "SegmentationModel", "ModelOutputs",
-    "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet",
-    "PAN", "DeepLabV3", "DeepLabV3Plus", "UPerNet", "Segformer", "DPT",
+from segfold.encoders import get_encoder, get_preprocessing_params, list_encoders  # noqa: E402
+from segfold.models import (  # noqa: E402
+    ModelOutputs,
+    SegmentationModel,
+    build_model,
+    create_model,
+    from_pretrained,
+    list_models,
+    register_model,
+    unpack_outputs,
 )
+from segfold.models.decoders.deeplab import DeepLabV3, DeepLabV3Plus  # noqa: E402
+from segfold.models.decoders.dpt import DPT  # noqa: E402
+from segfold.models.decoders.fpn import FPN  # noqa: E402
+from segfold.models.decoders.linknet import Linknet  # noqa: E402
+from segfold.models.decoders.manet import MAnet  # noqa: E402
+from segfold.models.decoders.pan import PAN  # noqa: E402
+from segfold.models.decoders.pspnet import PSPNet  # noqa: E402
+from segfold.models.decoders.segformer import Segformer  # noqa: E402
+from segfold.models.decoders.unet import Unet  # noqa: E402
+from segfold.models.decoders.unetplusplus import UnetPlusPlus  # noqa: E402
+from segfold.models.decoders.upernet import UPerNet  # noqa: E402
 
-_ENCODER_EXPORTS = ("list_encoders", "get_encoder", "get_preprocessing_params")
-
-__all__ = ["__version__", *_MODEL_EXPORTS, *_ENCODER_EXPORTS]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MODEL_EXPORTS:
-        import segfold.models
-
-        return getattr(segfold.models, name)
-    if name in _ENCODER_EXPORTS:
-        import segfold.encoders
-
-        return getattr(segfold.encoders, name)
-    raise AttributeError(f"module 'segfold' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "DPT", "FPN", "MAnet", "PAN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "ModelOutputs",
+    "Segformer", "SegmentationModel", "UPerNet", "Unet", "UnetPlusPlus", "__version__", "build_model",
+    "create_model", "from_pretrained", "get_encoder", "get_preprocessing_params", "list_encoders", "list_models",
+    "register_model", "unpack_outputs",
+]

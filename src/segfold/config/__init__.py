@@ -1,4 +1,9 @@
-"""Typed experiment configs: YAML files validated against a pydantic schema."""
+"""Typed experiment configs: YAML files validated against a pydantic schema.
+
+Every section lives here (`data`, `model`, `train` (with `loss`, `optim`, `scheduler`), `infer`
+(with `postprocess`), `search`) and `schema.Config` composes them; the code that uses a section
+imports it from here.
+"""
 
 from segfold.config.base import StrictModel, format_validation_error
 from segfold.config.load import (
@@ -11,6 +16,7 @@ from segfold.config.load import (
     save_config,
     validate_config,
 )
+from segfold.config.schema import Config, ExperimentConfig
 from segfold.errors import ConfigError
 
 __all__ = [
@@ -28,13 +34,3 @@ __all__ = [
     "save_config",
     "validate_config",
 ]
-
-
-def __getattr__(name: str):
-    # NOTE: the schema imports every section module (data, models, train, ...); importing it lazily lets
-    # those modules import segfold.config without a cycle.
-    if name in ("Config", "ExperimentConfig"):
-        from segfold.config import schema
-
-        return getattr(schema, name)
-    raise AttributeError(f"module 'segfold.config' has no attribute {name!r}")

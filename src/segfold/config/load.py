@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from segfold.config.base import format_validation_error
+from segfold.config.schema import Config
 from segfold.errors import ConfigError
 from segfold.io import write_text_atomic
 
@@ -120,7 +121,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()):
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Load, merge, override and validate a config.
 
     Args:
@@ -139,21 +140,26 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     return validate_config(data, source=str(path))
 
 
-def validate_config(data: Mapping[str, Any], source: str = "config"):
-    """Validate a raw mapping against the schema, with the one-line error format."""
-    from segfold.config.schema import Config
+def validate_config(data: Mapping[str, Any], source: str = "config", base_dir: str | os.PathLike | None = None
+                    ) -> Config:
+    """Validate a raw mapping against the schema, with the one-line error format.
 
+    Relative paths in the config (`data.root`) are resolved here, once: from `base_dir`, by default
+    the repository folder (`repo_root()`).
+    """
     try:
-        return Config.model_validate(dict(data))
+        cfg = Config.model_validate(dict(data))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, Config, source)) from None
+    cfg.data.resolve_paths(base_dir if base_dir is not None else repo_root())
+    return cfg
 
 
-def config_to_dict(config) -> dict[str, Any]:
+def config_to_dict(config: Config) -> dict[str, Any]:
     """A plain, YAML/JSON-safe mapping of a validated config (round-trips through `validate_config`)."""
     return config.model_dump(mode="json")
 
 
-def save_config(config, path: str | os.PathLike) -> None:
+def save_config(config: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
     write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

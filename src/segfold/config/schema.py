@@ -1,4 +1,4 @@
-"""The experiment config: one typed section per stage, each defined next to the code that uses it."""
+"""The experiment config: one typed section per stage, composed from the section modules beside this one."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 from pydantic import field_validator
 
 from segfold.config.base import StrictModel
+from segfold.config.data import DataConfig
 from segfold.config.infer import InferConfig, PostprocessConfig
-from segfold.data.config import DataConfig
-from segfold.models.config import ModelConfig
-from segfold.search.config import SearchConfig
-from segfold.train.config import LossConfig, OptimConfig, SchedulerConfig, TrainConfig
+from segfold.config.model import ModelConfig
+from segfold.config.search import SearchConfig
+from segfold.config.train import LossConfig, OptimConfig, SchedulerConfig, TrainConfig
 
 
 class ExperimentConfig(StrictModel):

@@ -12,16 +12,18 @@ normalise with the encoder's mean/std::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segfold.data.config import DataConfig
 from segfold.data.formats import Annotations, image_path
 from segfold.data.images import read_image, resize_image, resize_mask
 from segfold.data.transforms import build_transforms
+
+if TYPE_CHECKING:
+    from segfold.config.data import DataConfig
 
 __all__ = ["SegmentationDataset", "build_transforms", "normalise"]
 

@@ -21,14 +21,17 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pandas as pd
 
 from segfold.data import rle
-from segfold.data.config import DataConfig
 from segfold.errors import DataError
+
+if TYPE_CHECKING:
+    from segfold.config.data import DataConfig
 
 CLASSES = ["1", "2", "3", "4"]
 COLOURS = np.array([[200, 50, 40], [40, 60, 180], [50, 170, 60], [215, 200, 50]], dtype=np.float32)  # RGB

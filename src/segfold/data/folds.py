@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-from segfold.data.config import DataConfig, FoldsConfig
 from segfold.data.formats import Annotations, read_train
 from segfold.data.images import name_list
 from segfold.errors import DataError
 from segfold.io import atomic_path
+
+if TYPE_CHECKING:
+    from segfold.config.data import DataConfig, FoldsConfig
 
 
 def folds_path(cfg) -> Path:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from segfold.data import rle as rle_codec
-from segfold.data.config import CSV_FORMATS, DataConfig
 from segfold.data.images import (
     check_complete,
     check_sizes,
@@ -29,6 +29,11 @@ from segfold.data.images import (
     warn_data,
 )
 from segfold.errors import DataError
+
+CSV_FORMATS = ("csv_long", "csv_combined", "csv_instances")  # the data.format values read from a CSV
+
+if TYPE_CHECKING:
+    from segfold.config.data import DataConfig
 
 SPLIT_FOLDERS = {"train": "train_images", "test": "test_images"}
 

@@ -11,12 +11,14 @@ import difflib
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import albumentations as A
 
-from segfold.data.config import DataConfig
 from segfold.errors import ConfigError
+
+if TYPE_CHECKING:
+    from segfold.config.data import DataConfig
 
 # Normalisation and tensor conversion belong to the dataset (the encoder's mean/std); Lambda needs code.
 _REFUSED = {

@@ -1,14 +1,16 @@
 """segfold.models: the model zoo (encoder -> decoder -> heads), its registry and factory."""
 
 from segfold.models.base import SegmentationModel, from_pretrained
-from segfold.models.config import ModelConfig, build_model
+from segfold.models.build import build_model
 from segfold.models.heads import ClassificationHead, SegmentationHead, get_activation
 from segfold.models.outputs import ModelOutputs, unpack_outputs
-from segfold.models.registry import create_model, get_model_class, list_models, register_model
+from segfold.models.registry import _MODELS, create_model, get_model_class, list_models, register_model
+
+# NOTE the architectures register themselves when their modules are imported: all of them, here.
+import segfold.models.decoders  # noqa: E402, F401  isort: skip
 
 __all__ = [
     "ClassificationHead",
-    "ModelConfig",
     "ModelOutputs",
     "SegmentationHead",
     "SegmentationModel",
@@ -26,9 +28,6 @@ __all__ = [
 def __getattr__(name: str):
     # NOTE architecture classes (segfold.models.Unet, ...) come from the registry, so every
     # registered one is reachable here without a list to keep in sync.
-    from segfold.models.registry import _MODELS, _ensure_loaded
-
-    _ensure_loaded()
     if name in _MODELS:
         return _MODELS[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,14 +35,8 @@ def register_model(cls: ModelClass) -> ModelClass:
     return cls
 
 
-def _ensure_loaded() -> None:
-    # NOTE the architectures register themselves on import; importing the package imports them all.
-    import segfold.models.decoders  # noqa: F401
-
-
 def list_models() -> list[str]:
     """The registered architecture names (class names), sorted."""
-    _ensure_loaded()
     return sorted(_MODELS)
 
 
@@ -52,7 +46,6 @@ def get_model_class(arch: str) -> type[SegmentationModel]:
     Raises:
         ValueError: unknown name; the message lists the valid ones.
     """
-    _ensure_loaded()
     if not isinstance(arch, str):
         raise ValueError(f"arch must be a string, got {arch!r}")
     key = normalize_arch(arch)

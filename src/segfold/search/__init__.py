@@ -1,5 +1,5 @@
 """Optuna hyper-parameter search over config keys (`segfold.search.hparams`)."""
 
-from segfold.search.config import ParamSpec, SearchConfig
+from segfold.config.search import ParamSpec, SearchConfig
 
 __all__ = ["ParamSpec", "SearchConfig"]

@@ -10,25 +10,27 @@ trials, a worker that dies is detected by the storage heartbeat and its trial re
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 import yaml
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from segfold.config.load import config_to_dict, validate_config
+from segfold.config import Config, config_to_dict, validate_config
+from segfold.config.search import ParamSpec
 from segfold.errors import ConfigError, TrainingError
-from segfold.io import ensure_dir, write_text_atomic
-from segfold.search.config import ParamSpec
+from segfold.io import atomic_path, ensure_dir, write_text_atomic
+from segfold.train import train
 
-if TYPE_CHECKING:
-    from segfold.config.schema import Config
+logger = logging.getLogger(__name__)
+
 
 TrainFn = Callable[..., dict]
 _BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -174,7 +176,7 @@ def budget_used(study: optuna.Study) -> int:
     return sum(_counts(t) and t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
-def _objective(cfg: Config, train_fn: TrainFn, log: Callable[[str], None]) -> Callable[[optuna.Trial], float]:
+def _objective(cfg: Config, train_fn: TrainFn) -> Callable[[optuna.Trial], float]:
     search = cfg.search
 
     def objective(trial: optuna.Trial) -> float:
@@ -190,7 +192,7 @@ def _objective(cfg: Config, train_fn: TrainFn, log: Callable[[str], None]) -> Ca
         if search.epochs is not None:
             overrides["train.epochs"] = search.epochs
         trial_cfg = with_params(cfg, params, **overrides)
-        log(f"trial {trial.number}: " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+        logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v!r}" for k, v in params.items()))
 
         def report(epoch: int, metrics: dict[str, Any]) -> None:
             trial.report(float(metrics["score"]), epoch)
@@ -202,36 +204,32 @@ def _objective(cfg: Config, train_fn: TrainFn, log: Callable[[str], None]) -> Ca
         except (TrainingError, MemoryError, RuntimeError) as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
             trial.set_user_attr("fail_reason", reason)
-            log(f"trial {trial.number} failed: {reason}")
+            logger.warning("trial %d failed: %s", trial.number, reason)
             raise
         finally:
             if not search.keep_checkpoints:
                 for ckpt in (search_dir(cfg) / "trials" / f"trial{trial.number:04d}").rglob("*.pt"):
                     ckpt.unlink(missing_ok=True)
         score = float(result["best_score"])
-        log(f"trial {trial.number}: score {score:.4f}")
+        logger.info("trial %d: score %.4f", trial.number, score)
         return score
 
     return objective
 
 
-def run_search(cfg: Config, trials: int | None = None, train_fn: TrainFn | None = None,
-               log: Callable[[str], None] = print) -> optuna.Study:
+def run_search(cfg: Config, trials: int | None = None, train_fn: TrainFn | None = None) -> optuna.Study:
     """Run trials until the study holds `search.trials` of them (all workers together), then return it.
 
     Args:
         cfg: the experiment config with its `search` section.
         trials: overrides `search.trials`.
         train_fn: `train(cfg, fold, epoch_callback=...) -> {"best_score": ...}`; the real trainer by default.
-        log: where progress lines go.
     """
     if trials is not None:
         cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": trials})})
     check_space(cfg)
-    if train_fn is None:
-        from segfold.train import train as train_fn
     study = open_study(cfg)
-    objective = _objective(cfg, train_fn, log)
+    objective = _objective(cfg, train_fn if train_fn is not None else train)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     while budget_used(study) < cfg.search.trials:
         study.sampler = make_sampler(cfg, len(study.get_trials(deepcopy=False)))
@@ -279,8 +277,6 @@ def save_plots(study: optuna.Study, folder: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
-
-    from segfold.io import atomic_path
 
     folder = Path(folder)
     written = []

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from segfold.errors import ConfigError
+from segfold.losses import list_losses
 
 
 def check_training_config(cfg: Any) -> None:
     """Raise `ConfigError` for combinations the trainer cannot honour; each message says what to change."""
-    from segfold.losses import list_losses
-
     known = list_losses()
     for index, term in enumerate(cfg.loss.terms):
         if term.name not in known:

@@ -15,6 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset, get_worker_info
 
+from segfold.data.dataset import SegmentationDataset
+from segfold.data.demo import ensure_demo_data
+from segfold.data.folds import load_folds
+from segfold.data.formats import read_train
+from segfold.data.sampler import PositiveShareSampler
+from segfold.data.transforms import build_transforms
 from segfold.errors import ConfigError, DataError
 from segfold.train.distributed import DistInfo, barrier, shard_indices
 
@@ -69,10 +75,6 @@ def split_fold(cfg: Any, fold: int, info: DistInfo) -> tuple[Any, list[str], lis
     Returns:
         `(annotations, train ids, valid ids)`.
     """
-    from segfold.data.demo import ensure_demo_data
-    from segfold.data.folds import load_folds
-    from segfold.data.formats import read_train
-
     if info.is_main:
         ensure_demo_data(cfg.data, seed=cfg.experiment.seed)
         load_folds(cfg)
@@ -113,10 +115,6 @@ def build_fold_data(cfg: Any, fold: int, info: DistInfo, mean: list[float], std:
         info: rank, world size and device.
         mean, std: the encoder's normalisation (`model.pretrained_cfg`).
     """
-    from segfold.data.dataset import SegmentationDataset
-    from segfold.data.sampler import PositiveShareSampler
-    from segfold.data.transforms import build_transforms
-
     annotations, train_ids, valid_ids = split_fold(cfg, fold, info)
     common = dict(mean=mean, std=std, annotations=annotations, in_channels=cfg.model.in_channels)
     train_ds = SegmentationDataset(cfg.data, train_ids, transforms=build_transforms(cfg.data, "train"), **common)

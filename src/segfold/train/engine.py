@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from segfold.errors import TrainingError
+from segfold.models import unpack_outputs
 from segfold.train.checkpoint import unwrap_model
 from segfold.train.distributed import DistInfo, gather_objects, sum_across
 from segfold.train.optim import current_lr
@@ -168,8 +169,6 @@ def evaluate(
     Returns:
         `{"valid_loss", "score"}` over every rank's images (each scored once).
     """
-    from segfold.models import unpack_outputs
-
     model.eval()
     loss_sum, count, scores = 0.0, 0, []
     for batch in loader:

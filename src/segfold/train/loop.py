@@ -9,6 +9,7 @@ last epoch the best weights write the fold's out-of-fold probabilities (`oof.*`)
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -24,9 +25,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from segfold.config.load import config_to_dict, save_config
+from segfold.encoders import get_preprocessing_params
 from segfold.errors import TrainingError
 from segfold.io import ensure_dir, write_json_atomic
-from segfold.models import unpack_outputs
+from segfold.models import build_model, unpack_outputs
 from segfold.probs import (
     OOF_NAME,
     StoreWriter,
@@ -44,10 +47,13 @@ from segfold.train.engine import Trainer, evaluate, resolve_precision
 from segfold.train.objective import TrainingObjective
 from segfold.train.optim import build_optimizer, current_lr
 from segfold.train.rundir import check_fold_dir, prepare_fold_dir
+from segfold.train.runlog import MetricsLogger, write_run_info
 from segfold.train.schedule import LrSchedule
 from segfold.train.tracking import BestTracker, remove_files
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
+
+logger = logging.getLogger(__name__)  # lines of ranks other than 0 are dropped by segfold.logs
 
 
 def seed_everything(seed: int) -> None:
@@ -113,7 +119,7 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
     if info.is_main:
         moved = prepare_fold_dir(fold_dir, overwrite)
         if moved is not None:
-            print(f"fold {fold}: the old run was moved to {moved}", flush=True)
+            logger.info("fold %d: the old run was moved to %s", fold, moved)
     barrier(info)
     with deterministic_mode(cfg.train.deterministic, warn_only=info.device.type == "cuda"):
         return FoldRun(cfg, fold, info).fit(resume, epoch_callback)
@@ -128,7 +134,7 @@ def train_folds(cfg: Any, folds: Sequence[int], resume: bool = False, overwrite:
     summary = {"folds": results, "mean_score": float(np.mean(scores)), "std_score": float(np.std(scores))}
     if init_distributed(cfg.train.device).is_main:
         write_json_atomic(Path(cfg.experiment.output_dir) / "cv.json", summary)
-        print(f"cv score over folds {list(folds)}: {summary['mean_score']:.4f} +- {summary['std_score']:.4f}")
+    logger.info("cv score over folds %s: %.4f +- %.4f", list(folds), summary["mean_score"], summary["std_score"])
     return results
 
 
@@ -136,10 +142,6 @@ class FoldRun:
     """Everything one fold's training holds: data, model, EMA, optimizer, schedule, tracker."""
 
     def __init__(self, cfg: Any, fold: int, info: DistInfo) -> None:
-        from segfold.config.load import config_to_dict
-        from segfold.encoders import get_preprocessing_params
-        from segfold.models import build_model
-
         self.cfg, self.fold, self.info = cfg, fold, info
         self.fold_dir = Path(cfg.experiment.output_dir) / f"fold{fold}"
         self.cfg_dict = config_to_dict(cfg)
@@ -187,31 +189,30 @@ class FoldRun:
     def fit(self, resume: bool, epoch_callback: EpochCallback | None) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
         start_epoch, finished = self._restore() if resume else (0, False)
-        if finished and info.is_main:
+        if finished:
             # NOTE: a finished run is not extended (its schedule ended); raising train.epochs needs a new run
-            print(f"fold {self.fold} already finished at epoch {start_epoch}: nothing to resume "
-                  f"(to train longer, start a new run without --resume)", flush=True)
+            logger.info("fold %d already finished at epoch %d: nothing to resume (to train longer, start a new "
+                        "run without --resume)", self.fold, start_epoch)
         if info.is_main:
             self._prepare_folder(fresh=start_epoch == 0)
-        from segfold.train.runlog import MetricsLogger
 
-        logger = MetricsLogger(self.fold_dir, start_epoch) if info.is_main else None
+        records = MetricsLogger(self.fold_dir, start_epoch) if info.is_main else None
         epoch = start_epoch
         try:
             while not finished and epoch < cfg.train.epochs:
                 epoch += 1
-                metrics = self._run_epoch(epoch, logger)
+                metrics = self._run_epoch(epoch, records)
                 finished = self.tracker.should_stop(cfg.train.patience) or epoch == cfg.train.epochs
                 if info.is_main:
                     self._save_last(epoch, finished, metrics)
-                    logger.log_epoch(metrics)
-                    print(self._summary_line(metrics), flush=True)
+                    records.log_epoch(metrics)
+                    logger.info(self._summary_line(metrics))
                     if epoch_callback is not None:
                         epoch_callback(epoch, metrics)
                 barrier(info)
         finally:
-            if logger is not None:
-                logger.close()
+            if records is not None:
+                records.close()
         oof = None
         if info.is_main and cfg.train.write_oof:
             oof = str(self._write_oof())
@@ -233,7 +234,7 @@ class FoldRun:
             write_json_atomic(self.fold_dir / "result.json", result)
         return broadcast_object(result, info)
 
-    def _run_epoch(self, epoch: int, logger: Any) -> dict[str, Any]:
+    def _run_epoch(self, epoch: int, records: Any) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         cfg, info, data = self.cfg, self.info, self.data
@@ -244,7 +245,7 @@ class FoldRun:
         start = time.perf_counter()
         with bar:
             stats = self.trainer.train_epoch(data.train_loader, epoch, data.num_batches, bar,
-                                             logger.log_step if logger is not None else None)
+                                             records.log_step if records is not None else None)
         lr = current_lr(self.trainer.optimizer)
         results = {"model": self._evaluate(self.model, epoch)}
         if self.ema is not None:
@@ -305,9 +306,6 @@ class FoldRun:
     # ---------------------------------------------------------------------------------- files
 
     def _prepare_folder(self, fresh: bool) -> None:
-        from segfold.config.load import save_config
-        from segfold.train.runlog import write_run_info
-
         ensure_dir(self.fold_dir)
         if fresh:  # a new run replaces the records of an old one in the same folder
             shutil.rmtree(self.fold_dir / "tensorboard", ignore_errors=True)
@@ -351,8 +349,7 @@ class FoldRun:
         """Load `last.pt` into every stateful part; returns (completed epochs, finished)."""
         path = self.fold_dir / "last.pt"
         if not path.is_file():
-            if self.info.is_main:
-                print(f"no {path} to resume from: fold {self.fold} starts from scratch", flush=True)
+            logger.info("no %s to resume from: fold %d starts from scratch", path, self.fold)
             return 0, False
         state = load_checkpoint(path, map_location=self.info.device)
         for section in ("model", "data"):

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from segfold.errors import ConfigError
+from segfold.losses import AuxPresenceLoss, DeepSupervisionLoss, MaskedByPresenceLoss, build_loss
+from segfold.models import unpack_outputs
 
 
 class TrainingObjective(nn.Module):
@@ -27,7 +29,6 @@ class TrainingObjective(nn.Module):
 
     def __init__(self, cfg: Any, model: nn.Module) -> None:
         super().__init__()
-        from segfold.losses import AuxPresenceLoss, DeepSupervisionLoss, MaskedByPresenceLoss, build_loss
 
         mode = cfg.data.mode
         try:
@@ -61,8 +62,6 @@ class TrainingObjective(nn.Module):
             target: masks of the batch (float (N, C, H, W) or long (N, H, W) for multiclass).
             presence: (N, C) 0/1 per-class presence of the batch's (augmented) masks.
         """
-        from segfold.models import unpack_outputs
-
         out = unpack_outputs(outputs)
         masks = out.masks.float()
         if out.deep and self.deep is not None:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segfold.train.config import OptimConfig
+from segfold.config.train import OptimConfig
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from segfold.errors import ConfigError, TrainingError
 from segfold.io import clean_temporaries, ensure_dir
+from segfold.probs import load_checkpoint
 
 RUN_FILES = ("best.pt", "last.pt")
 REPLACED = "replaced"
@@ -19,8 +20,6 @@ REPLACED = "replaced"
 
 def describe_run(fold_dir: Path) -> str:
     """`best.pt epoch 3, score 0.6910` from the checkpoint (or just the file names when unreadable)."""
-    from segfold.probs import load_checkpoint
-
     path = fold_dir / "best.pt"
     if path.is_file():
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from timm.scheduler import CosineLRScheduler, PolyLRScheduler, StepLRScheduler
 
-from segfold.train.config import OptimConfig, SchedulerConfig
+from segfold.config.train import OptimConfig, SchedulerConfig
 
 
 class LrSchedule:

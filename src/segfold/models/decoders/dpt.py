@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from segfold.encoders import get_vit_encoder
 from segfold.models.base import SegmentationModel, initialize_head
 from segfold.models.blocks import interpolate_to
 from segfold.models.heads import ActivationSpec, get_activation
@@ -192,7 +193,6 @@ class DPT(SegmentationModel):
                  decoder_fusion_channels: int = 256, in_channels: int = 3, classes: int = 1,
                  activation: ActivationSpec = None, aux_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__()
-        from segfold.encoders import get_vit_encoder
 
         if encoder_output_indices is not None and len(encoder_output_indices) != encoder_depth:
             raise ValueError(f"DPT: encoder_output_indices={list(encoder_output_indices)} must name encoder_depth="

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from segfold.config.base import StrictModel
+from segfold.data.formats import CSV_FORMATS
 
 Size = tuple[int, int]
 
@@ -23,7 +24,6 @@ Size = tuple[int, int]
 #   png_binary    one 0/non-zero PNG per image (`mask_pattern` with `{stem}`), or per image and class (`{class}`)
 #   png_index     one index-map PNG per image; `class_values` maps labels to classes, `ignore_label` is ignored
 Format = Literal["csv_long", "csv_combined", "csv_instances", "png_binary", "png_index"]
-CSV_FORMATS = ("csv_long", "csv_combined", "csv_instances")
 
 
 class FoldsConfig(StrictModel):
@@ -152,13 +152,19 @@ class DataConfig(StrictModel):
                              f"scored ({scored}); use metric 'dice_pairs' for several classes")
         return self
 
+    _base_dir: Path | None = PrivateAttr(None)  # where a relative root starts; set once by load_config
+
+    def resolve_paths(self, base_dir: str | Path) -> DataConfig:
+        """Take a relative `root` from `base_dir` (the repository folder); `load_config` calls it once."""
+        self._base_dir = Path(base_dir)
+        return self
+
     @property
     def root_path(self) -> Path:
-        """`root` as a path; a relative root is taken from the repository folder (`configs/`'s parent)."""
-        from segfold.config import repo_root
-
+        """`root` as a path: a relative root starts at the folder `resolve_paths` was given (by
+        `load_config` / `validate_config`: the repository folder), else at the working directory."""
         root = Path(self.root).expanduser()
-        return root if root.is_absolute() else repo_root() / root
+        return root if root.is_absolute() or self._base_dir is None else self._base_dir / root
 
     @property
     def num_classes(self) -> int:

@@ -1,4 +1,4 @@
-"""Config section `model`, and `build_model` that turns it into a network.
+"""Config section `model` (`segfold.models.build_model` turns it into a network).
 
 Example (YAML)::
 
@@ -9,20 +9,21 @@ Example (YAML)::
       params: {decoder_attention_type: scse}
       aux: {dropout: 0.3}          # image-level head; its `classes` default to the mask classes
       deep_supervision: true       # Unet++ only
+      grad_checkpointing: true     # large inputs: recompute encoder activations in backward
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import field_validator, model_validator
 
 from segfold.config.base import StrictModel
-
-if TYPE_CHECKING:
-    from segfold.models.base import SegmentationModel
+from segfold.encoders.aliases import resolve_encoder_name
+from segfold.models.heads import AUX_KEYS
+from segfold.models.registry import get_model_class
 
 # Keywords the config sets through its own fields, never through `params`.
 _OWN_KEYS = ("encoder_name", "encoder_weights", "in_channels", "classes", "aux_params", "deep_supervision")
@@ -41,6 +42,8 @@ class ModelConfig(StrictModel):
             (``classes``, ``pooling``, ``dropout``, ``activation``); ``classes`` defaults to the mask classes.
         aux_params: the smp spelling of ``aux``; give one of the two.
         deep_supervision: Unet++ only: also return the nested decoders' masks in training.
+        grad_checkpointing: recompute the encoder's activations in the backward pass (timm's
+            ``set_grad_checkpointing``): less memory for large inputs, more compute; timm encoders only.
     """
 
     arch: str = "UnetPlusPlus"
@@ -51,20 +54,16 @@ class ModelConfig(StrictModel):
     aux: bool | dict[str, Any] = False
     aux_params: dict[str, Any] | None = None
     deep_supervision: bool = False
+    grad_checkpointing: bool = False
 
     @field_validator("encoder_name")
     @classmethod
     def _known_encoder(cls, name: str) -> str:
-        from segfold.encoders.aliases import resolve_encoder_name
-
         resolve_encoder_name(name)  # ValueError naming the close matches
         return name
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        from segfold.models.heads import AUX_KEYS
-        from segfold.models.registry import get_model_class
-
         cls = get_model_class(self.arch)  # ValueError listing the valid names
         if self.in_channels < 1:
             raise ValueError(f"in_channels={self.in_channels}: use a positive integer")
@@ -97,22 +96,3 @@ class ModelConfig(StrictModel):
         params = {} if aux is True else dict(aux)
         params.setdefault("classes", classes)
         return params
-
-
-def build_model(cfg: ModelConfig, classes: int) -> SegmentationModel:
-    """Build the network described by the `model` config section.
-
-    Args:
-        cfg: the section.
-        classes: number of mask channels (from the data section).
-    """
-    from segfold.models.registry import create_model
-
-    kwargs = dict(cfg.params)
-    aux_params = cfg.aux_head_params(classes)
-    if aux_params is not None:
-        kwargs["aux_params"] = aux_params
-    if cfg.deep_supervision:
-        kwargs["deep_supervision"] = True
-    return create_model(cfg.arch, encoder_name=cfg.encoder_name, encoder_weights=cfg.encoder_weights,
-                        in_channels=cfg.in_channels, classes=classes, **kwargs)
