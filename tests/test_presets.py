@@ -54,7 +54,8 @@ def test_presets_state_the_competition_facts(repo_root):
     assert siim.postprocess.top is not None and siim.postprocess.min_count > 0
     camvid = load_config(repo_root / "configs" / "camvid4.yaml")
     assert camvid.data.root == "../shared/data/camvid4" and camvid.data.mode == "multilabel"
-    assert camvid.data.folds.group_regex and camvid.model.encoder_weights is None
+    assert camvid.data.folds.group_regex and camvid.data.image_size is None
+    assert (camvid.model.encoder_name, camvid.model.encoder_weights) == ("efficientnet-lite0", "imagenet")
 
 
 @pytest.mark.parametrize("name", PRESETS)
