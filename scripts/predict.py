@@ -11,18 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from segfold.cli import add_config_arguments, config_from_args, script_main
-from segfold.errors import ConfigError
-
-
-def parse_folds(text: str | None) -> list[int] | None:
-    """`"0,1,2"` -> [0, 1, 2]; None or "all" -> None (every fold with a checkpoint)."""
-    if text is None or text.strip().lower() == "all":
-        return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"--folds '{text}': expected fold numbers separated by commas (0,1,2) or 'all'") from None
+from segfold.cli import add_config_arguments, config_from_args, parse_folds, script_main
 
 
 @script_main

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from segfold.config.load import load_config
-from segfold.errors import SegfoldError
+from segfold.errors import ConfigError, SegfoldError
 from segfold.logs import setup_logging
 
 
@@ -37,6 +37,16 @@ def config_from_args(args: argparse.Namespace):
     """The validated config named by `--config` with the `--set` overrides applied (and the log level set)."""
     setup_logging(int(getattr(args, "verbose", False)) - int(getattr(args, "quiet", False)))
     return load_config(args.config, args.overrides)
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    """`--folds` of the inference scripts: `"0,1,2"` -> [0, 1, 2]; None or "all" -> None (every trained fold)."""
+    if text is None or text.strip().lower() == "all":
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--folds '{text}': expected fold numbers separated by commas (0,1,2) or 'all'") from None
 
 
 def script_main(func: Callable[..., Any]) -> Callable[..., Any]:

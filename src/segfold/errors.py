@@ -26,3 +26,6 @@ class TrainingError(SegfoldError, RuntimeError):
 class OutputError(SegfoldError, OSError):
     """An output that cannot be written where asked: a file where a folder should be, or the reverse."""
 
+
+class ExportError(SegfoldError, RuntimeError):
+    """A model that could not be exported, or whose export does not compute what the PyTorch model computes."""

@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename.
+"""Atomic file writes (write to a temporary name in the same folder, then rename) and file checksums.
 
 A temporary file is named `.<target>.<pid>.<random><suffix>` (e.g. `.best.pt.4711.k2x9q0ab.pt`). A run
 that is killed mid-write (kill -9, out of memory, a lost node) leaves it behind; the next atomic write
@@ -8,6 +8,7 @@ of the same target, and `clean_temporaries` of a whole folder, remove those whos
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -129,3 +130,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write `data` as indented JSON to `path` atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

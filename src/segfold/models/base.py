@@ -188,13 +188,7 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"Wrong input shape height={height}, width={width}: {type(self).__name__} needs sizes "
                              f"divisible by {self.required_divisor} (model.pad_input is False); consider padding "
                              f"to ({target_h}, {target_w})")
-        if self.pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode={self.pad_mode!r}: use one of {', '.join(PAD_MODES)}")
-        pad_h, pad_w = target_h - height, target_w - width
-        mode = self.pad_mode
-        if mode == "reflect" and (pad_h >= height or pad_w >= width):
-            mode = "replicate"  # NOTE reflect padding must be smaller than the image
-        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        return pad_to_divisor(x, self.required_divisor, self.pad_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[Any, ...]:
         """Masks (N, classes, H, W); with ``aux_params`` ``(masks, labels)``; deep supervision in
@@ -300,6 +294,23 @@ class SegmentationModel(nn.Module):
             save_model(self, str(tmp), metadata={"format": "pt", "arch": payload["arch"]})
         write_json_atomic(directory / CONFIG_NAME, payload)
         return directory
+
+
+def pad_to_divisor(x: torch.Tensor, divisor: int, mode: str = "reflect") -> torch.Tensor:
+    """``x`` padded at the bottom and right up to multiples of ``divisor`` (what ``forward`` does with ``pad_input``).
+
+    ``mode`` is one of ``PAD_MODES``; "reflect" falls back to "replicate" where the image is too small
+    to reflect. Exported models (``segfold.export``) take no padding inside; their runtime pads with this.
+    """
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad_mode={mode!r}: use one of {', '.join(PAD_MODES)}")
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % divisor, -width % divisor
+    if pad_h == 0 and pad_w == 0:
+        return x
+    if mode == "reflect" and (pad_h >= height or pad_w >= width):
+        mode = "replicate"  # NOTE reflect padding must be smaller than the image
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
