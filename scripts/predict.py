@@ -1,6 +1,7 @@
 """Predict the test images with the trained folds and test-time augmentation.
 
-Usage: `python scripts/predict.py --config C [--folds 0,1,2,3,4] [--tta flips|d4|none] [--scales 0.75 1.25]`.
+Usage: `python scripts/predict.py --config C [--folds 0,1,2,3,4] [--tta flips|d4|none] [--scales 0.75 1.25]
+[--runtime torch|onnx|torchscript]`.
 
 Averages the folds' probabilities (each fold's TTA copies merged as probabilities), tiles images
 larger than `infer.tile_size`, and writes the uint8 store `outputs/<exp>/test/test.*` at the
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tta", choices=["none", "hflip", "vflip", "flips", "d4"], default=None,
                         help="test-time augmentation (default infer.tta)")
     parser.add_argument("--scales", type=float, nargs="+", default=None, help="multi-scale TTA factors, e.g. 0.75 1.25")
+    parser.add_argument("--runtime", choices=["torch", "onnx", "torchscript"], default=None,
+                        help="torch (eager), or the exports of scripts/export.py: onnx (onnxruntime), torchscript "
+                             "(default infer.runtime)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     if args.folds is not None and args.folds.strip().lower() == "all":
@@ -28,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from segfold.predict import predict_test
 
-    store = predict_test(cfg, folds=parse_folds(args.folds), tta=args.tta, scales=args.scales)
+    store = predict_test(cfg, folds=parse_folds(args.folds), tta=args.tta, scales=args.scales,
+                         runtime=args.runtime)
     extra = " and aux-head class probabilities" if store.cls is not None else ""
     print(f"test store: {store.folder / store.name}.* {list(store.shape)}{extra}")
 

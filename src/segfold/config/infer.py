@@ -23,6 +23,9 @@ class InferConfig(StrictModel):
 
     folds: list[int] | None = Field(None, description="folds whose checkpoints predict; null = every fold found")
     checkpoint: str = Field("best.pt", description="checkpoint file in each fold folder")
+    runtime: Literal["torch", "onnx", "torchscript"] = Field(
+        "torch", description="what runs the models: PyTorch eager, or the exports of scripts/export.py "
+                             "(onnx on onnxruntime, torchscript) next to each checkpoint")
     tta: Literal["none", "hflip", "vflip", "flips", "d4"] = "flips"
     scales: list[float] = Field([1.0], min_length=1, description="multi-scale TTA factors (1.0 is always added)")
     batch_size: int = Field(4, ge=1, description="images per step")

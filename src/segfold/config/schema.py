@@ -11,6 +11,7 @@ from segfold.config.base import StrictModel
 from segfold.config.data import DataConfig
 from segfold.config.infer import InferConfig, PostprocessConfig
 from segfold.config.model import ModelConfig
+from segfold.config.package import PackageConfig
 from segfold.config.search import SearchConfig
 from segfold.config.train import LossConfig, OptimConfig, SchedulerConfig, TrainConfig
 
@@ -48,3 +49,4 @@ class Config(StrictModel):
     infer: InferConfig = InferConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     search: SearchConfig = SearchConfig()
+    package: PackageConfig = PackageConfig()

@@ -1,7 +1,7 @@
 """segfold.export: ONNX / TorchScript export of trained models, their parity check, and their runtimes."""
 
 from segfold.export.exporter import DEFAULT_TOLERANCE, check_parity, export_model, parity_shapes
-from segfold.export.folds import FoldExport, export_folds, export_size, load_exported_folds
+from segfold.export.folds import FoldExport, export_folds, export_size, fold_checkpoint_paths, load_exported_folds
 from segfold.export.plan import FORMATS, ExportPlan, plan_export, pyramid_bins
 from segfold.export.runtime import (
     ExportedModel,
@@ -25,6 +25,7 @@ __all__ = [
     "export_folds",
     "export_model",
     "export_size",
+    "fold_checkpoint_paths",
     "exported_path",
     "load_exported",
     "load_exported_folds",

@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,12 @@ from segfold.export.runtime import (
     OnnxModel,
     TorchScriptModel,
 )
+from segfold.export.symbolics import OPSET, register_symbolics
 from segfold.io import atomic_path
 from segfold.models.outputs import unpack_outputs
 
 logger = logging.getLogger(__name__)
 
-ONNX_OPSET = 18
 DEFAULT_TOLERANCE = 1e-3
 
 
@@ -84,6 +85,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, plan: Expo
     import onnx
 
     if plan.exporter == "torchscript-onnx":
+        register_symbolics()
         dims = {0: "batch", 2: "height", 3: "width"} if plan.dynamic_size else {0: "batch"}
         axes = {INPUT_NAME: dims, "masks": dims}
         if "labels" in outputs:
@@ -92,7 +94,8 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, plan: Expo
         pooling = contextlib.nullcontext() if plan.dynamic_size else fixed_pyramid_pooling(model, example)
         with _quiet(), pooling:
             torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
-                              output_names=outputs, dynamic_axes=axes, opset_version=17, do_constant_folding=True)
+                              output_names=outputs, dynamic_axes=axes, opset_version=OPSET,
+                              do_constant_folding=True)
     else:
         from torch.export import Dim
 
@@ -101,7 +104,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, plan: Expo
             spec.update({2: Dim.AUTO, 3: Dim.AUTO})
         with _quiet():
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                        output_names=outputs, dynamic_shapes=({**spec},), opset_version=ONNX_OPSET,
+                                        output_names=outputs, dynamic_shapes=({**spec},), opset_version=OPSET,
                                         verbose=False)
             program.save(str(path), external_data=False)
     proto = onnx.load(str(path))
@@ -211,7 +214,16 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, size: Sequ
         traced = None
         try:
             if fmt == "onnx":
-                _export_onnx(model, example, tmp, plan, meta.outputs)
+                try:
+                    _export_onnx(model, example, tmp, plan, meta.outputs)
+                except torch.onnx.errors.OnnxExporterError as error:
+                    if plan.exporter != "torchscript-onnx":
+                        raise
+                    reason = f"the TorchScript-based exporter failed ({str(error).splitlines()[0][:200]})"
+                    logger.warning("%s: %s; trying the torch.export-based exporter", meta.arch, reason)
+                    plan = replace(plan, exporter="dynamo-onnx", reasons=(*plan.reasons, reason))
+                    meta.exporter, meta.reasons = plan.exporter, list(plan.reasons)
+                    _export_onnx(model, example, tmp, plan, meta.outputs)
                 _write_meta(tmp, meta, None)
                 runtime: ExportedModel = OnnxModel(tmp)
             else:
@@ -225,7 +237,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, size: Sequ
         meta.parity = check_parity(model, runtime, parity_shapes(plan, (height, width), channels))
         del runtime
         for entry in meta.parity:
-            logger.info("%s %s parity %s: max abs diff %.3g (logits up to %.3g)", meta.arch, fmt,
+            logger.debug("%s %s parity %s: max abs diff %.3g (logits up to %.3g)", meta.arch, fmt,
                         "x".join(map(str, entry["shape"])), entry["max_abs_diff"], entry["max_abs_logit"])
             if entry["max_abs_diff"] > tolerance * max(1.0, entry["max_abs_logit"]):
                 raise ExportError(f"{meta.arch} {fmt} export differs from PyTorch by {entry['max_abs_diff']:.3g} "

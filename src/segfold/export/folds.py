@@ -19,6 +19,7 @@ from segfold.errors import ConfigError, TrainingError, WeightsError
 from segfold.export.exporter import DEFAULT_TOLERANCE, export_model
 from segfold.export.runtime import ExportedModel, ExportMeta, exported_path, load_exported
 from segfold.io import sha256_file
+from segfold.probs import fold_checkpoints, load_checkpoint_model
 
 if TYPE_CHECKING:
     from segfold.config import Config
@@ -52,9 +53,8 @@ def export_size(cfg: Config) -> tuple[int, int]:
     return height, width
 
 
-def _fold_paths(cfg: Config, folds: Sequence[int] | None) -> dict[int, Path]:
-    from segfold.infer.predict import fold_checkpoints
-
+def fold_checkpoint_paths(cfg: Config, folds: Sequence[int] | None) -> dict[int, Path]:
+    """The checkpoint of each wanted fold (every trained fold when None); a missing one is a TrainingError."""
     out = cfg.experiment.output_dir
     paths, missing = fold_checkpoints(out, cfg.infer.checkpoint, folds)
     if not paths:
@@ -77,11 +77,9 @@ def export_folds(cfg: Config, fmt: str, folds: Sequence[int] | None = None, size
         size: ``(height, width)`` of the example input (default ``export_size(cfg)``).
         tolerance: parity tolerance (see ``export_model``).
     """
-    from segfold.train.checkpoint import load_checkpoint_model
-
     size = tuple(size) if size is not None else export_size(cfg)
     results = []
-    for fold, checkpoint in _fold_paths(cfg, folds if folds is not None else cfg.infer.folds).items():
+    for fold, checkpoint in fold_checkpoint_paths(cfg, folds if folds is not None else cfg.infer.folds).items():
         model, _ = load_checkpoint_model(checkpoint)
         path = exported_path(checkpoint, fmt)
         meta = export_model(model, path, fmt, size, tolerance=tolerance, source=str(checkpoint),
@@ -98,7 +96,7 @@ def load_exported_folds(cfg: Config, fmt: str, folds: Sequence[int] | None, devi
     Raises:
         WeightsError: a fold has no export, or its checkpoint changed after the export.
     """
-    paths = _fold_paths(cfg, folds)
+    paths = fold_checkpoint_paths(cfg, folds)
     models = []
     for fold, checkpoint in paths.items():
         path = exported_path(checkpoint, fmt)

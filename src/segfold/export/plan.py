@@ -13,9 +13,11 @@ way ONNX cannot express:
   two fixed averaging matrices of its input size (``FixedAveragePool``: the same windows, as two
   MatMuls), which the fast TorchScript-based exporter takes. Pooling to one bin (global pooling:
   DeepLabV3, PAN, MAnet, aux heads) is ``GlobalAveragePool`` and stays dynamic.
-- **ViT position embeddings** (DPT): timm resamples them with antialiased bicubic interpolation for
-  every input size; the TorchScript-based ONNX exporter has no operator for that, so DPT goes through
-  the torch.export-based exporter (``onnxscript``), which decomposes it: still dynamic, slower to export.
+
+DPT's ViT resamples its position embedding per input size with antialiased bicubic interpolation;
+``segfold.export.symbolics`` translates that to ONNX ``Resize`` so DPT stays dynamic too. Should the
+TorchScript-based exporter meet another operator it cannot translate (some timm encoder), the export
+falls back to the torch.export-based exporter (``onnxscript``; minutes instead of seconds), and says so.
 
 TorchScript (``torch.jit.trace``) records the size-dependent operators themselves and stays dynamic
 for every architecture.
@@ -65,8 +67,6 @@ def pyramid_bins(model: nn.Module, pools: tuple[type, ...] = (nn.AdaptiveAvgPool
 
 def plan_export(model: nn.Module, fmt: str) -> ExportPlan:
     """The export plan of a segfold model for ``fmt`` ("onnx" or "torchscript"); see the module docstring."""
-    from segfold.encoders.vit import ViTEncoder
-
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r}: use one of {', '.join(FORMATS)}")
     arch = type(model).__name__
@@ -80,11 +80,7 @@ def plan_export(model: nn.Module, fmt: str) -> ExportPlan:
         reasons.append(f"{arch} pools to fixed bins ({shown}) whose windows depend on the input size; ONNX has no "
                        "adaptive pooling, so height and width are fixed to the export size (batch stays dynamic)")
     exporter: Exporter = "torchscript-onnx"
-    if isinstance(getattr(model, "encoder", None), ViTEncoder):
-        exporter = "dynamo-onnx"
-        reasons.append(f"{arch}'s ViT encoder resamples its position embedding (antialiased bicubic) per input "
-                       "size, which only the torch.export-based ONNX exporter can translate")
-    elif pyramid_bins(model, (nn.AdaptiveMaxPool2d,)):
+    if pyramid_bins(model, (nn.AdaptiveMaxPool2d,)):
         # NOTE only average pooling has a fixed-matrix replacement; the torch.export-based exporter
         # decomposes adaptive max pooling for a fixed size.
         exporter = "dynamo-onnx"

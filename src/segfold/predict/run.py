@@ -21,6 +21,7 @@ from segfold.data.dataset import SegmentationDataset
 from segfold.data.formats import read_test_ids
 from segfold.data.transforms import build_transforms
 from segfold.errors import TrainingError
+from segfold.export import load_exported_folds
 from segfold.predict.tiles import needs_tiling, sliding_window
 from segfold.predict.tta import Predictor, build_tta, make_predictor
 from segfold.probs import TEST_NAME, ProbStore, StoreWriter, load_fold_models, resolve_device
@@ -47,7 +48,7 @@ def _normalisation(models: Sequence[nn.Module]) -> tuple[list[float], list[float
 
 
 def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None = None,
-                 scales: Sequence[float] | None = None) -> ProbStore:
+                 scales: Sequence[float] | None = None, runtime: str | None = None) -> ProbStore:
     """Predict every test image and write the `test` store in `outputs/<exp>/test/`.
 
     Args:
@@ -55,14 +56,20 @@ def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None =
         folds: fold indices to average (default `infer.folds`, else every fold with a checkpoint).
         tta: override `infer.tta`.
         scales: override `infer.scales`.
+        runtime: override `infer.runtime` ("torch", or "onnx" / "torchscript": the folds' exports of
+            `scripts/export.py`, see `segfold.export`).
 
     Returns:
         The finalized store, opened read-only.
     """
     infer, data = cfg.infer, cfg.data
     device = resolve_device(infer.device, key="infer.device")
-    models, used = load_fold_models(cfg.experiment.output_dir, infer.checkpoint,
-                                    folds if folds is not None else infer.folds, device)
+    runtime = runtime or infer.runtime
+    wanted = folds if folds is not None else infer.folds
+    if runtime == "torch":
+        models, used = load_fold_models(cfg.experiment.output_dir, infer.checkpoint, wanted, device)
+    else:
+        models, used = load_exported_folds(cfg, runtime, wanted, device)
     transforms = build_tta(tta or infer.tta, scales if scales is not None else infer.scales)
     predict = make_predictor(models, transforms, data.mode, infer.forward_batch)
     mean, std, channels = _normalisation(models)
@@ -70,8 +77,8 @@ def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None =
     dataset = SegmentationDataset(data, image_ids, mean=mean, std=std, folder="test",
                                   transforms=build_transforms(data, "valid"), in_channels=channels)
     loader = DataLoader(dataset, batch_size=infer.batch_size, shuffle=False, num_workers=infer.num_workers)
-    logger.info("predicting %d test images with folds %s, TTA '%s' (%d copies) on %s",
-                len(image_ids), used, tta or infer.tta, len(transforms), device)
+    logger.info("predicting %d test images with folds %s, TTA '%s' (%d copies) on %s (%s)",
+                len(image_ids), used, tta or infer.tta, len(transforms), device, runtime)
     autocast = torch.autocast("cuda", dtype=torch.float16) if infer.amp and device.type == "cuda" \
         else contextlib.nullcontext()
     with StoreWriter(cfg.experiment.output_dir / TEST_NAME, TEST_NAME, image_ids, data.classes,

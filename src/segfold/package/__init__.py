@@ -1,0 +1,1 @@
+"""segfold.package: an offline Kaggle inference package (wheels, weights, infer.py / infer.ipynb) and its kernel."""

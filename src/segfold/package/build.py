@@ -1,0 +1,215 @@
+"""Build an offline Kaggle inference package (`scripts/package.py`).
+
+The folder holds `wheels/` (segfold's own wheel and the configured dependencies), `models/` (each
+chosen fold's weights without optimizer state, the resolved config, `thresholds.json`,
+`normalisation.json`, all listed in `SHA256SUMS`), `infer.py`, `infer.ipynb` and a README with the
+runtime estimate: the package's own prediction of a few test images, timed here for each candidate
+runtime (PyTorch eager and, where the export works, onnxruntime), the faster one kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+
+from segfold.errors import ConfigError, ExportError
+from segfold.export import export_model, exported_path, fold_checkpoint_paths
+from segfold.io import sha256_file
+from segfold.package.kernel import (
+    CONFIG_FILE,
+    MODELS,
+    NORMALISATION_FILE,
+    THRESHOLDS_FILE,
+    WHEELS,
+    kernel_config,
+    prepare_work_dir,
+    write_checksums,
+)
+from segfold.package.templates import infer_ipynb, infer_py, readme
+from segfold.package.wheels import build_own_wheel, download_wheels
+
+if TYPE_CHECKING:
+    from segfold.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+def _weights_only(state: dict[str, Any], fp16: bool) -> dict[str, Any]:
+    weights = {key: (value.half() if fp16 and value.is_floating_point() else value)
+               for key, value in state["model"].items()}
+    return {"model": weights, "config": state["config"],
+            **{key: state[key] for key in ("fold", "epoch", "score") if key in state}}
+
+
+def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path) -> tuple[list[int], dict[str, Any]]:
+    """Weights-only checkpoints of the folds, thresholds and normalisation; returns the folds and the normalisation."""
+    from segfold.train.checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint
+
+    thresholds = cfg.experiment.output_dir / THRESHOLDS_FILE
+    if not thresholds.is_file():
+        raise ConfigError(f"{thresholds}: missing; tune the post-processing first (python scripts/tune_thresholds.py "
+                          "--config ...), the package applies the tuned rules")
+    paths = fold_checkpoint_paths(cfg, folds if folds is not None else cfg.infer.folds)
+    norms = set()
+    for fold, path in paths.items():
+        target = models_dir / f"fold{fold}" / cfg.infer.checkpoint
+        save_checkpoint(target, _weights_only(load_checkpoint(path), cfg.package.fp16))
+        model = load_checkpoint_model(target)[0]
+        norm = model.pretrained_cfg
+        norms.add(json.dumps({**norm, "in_channels": int(model.config.get("in_channels", 3))}, sort_keys=True))
+    if len(norms) != 1:
+        raise ConfigError(f"folds {sorted(paths)} normalise their input differently; package each group with --folds")
+    shutil.copyfile(thresholds, models_dir / THRESHOLDS_FILE)
+    normalisation = json.loads(norms.pop())
+    (models_dir / NORMALISATION_FILE).write_text(json.dumps(normalisation, indent=1) + "\n")
+    return sorted(paths), normalisation
+
+
+def _export_onnx(cfg: Config, package: Path, folds: Sequence[int]) -> str | None:
+    """ONNX exports of the packaged folds next to them; the reason when one cannot be exported."""
+    from segfold.export import export_size
+    from segfold.train.checkpoint import load_checkpoint_model
+
+    for fold in folds:
+        checkpoint = package / MODELS / f"fold{fold}" / cfg.infer.checkpoint
+        model = load_checkpoint_model(checkpoint)[0]
+        try:
+            export_model(model, exported_path(checkpoint, "onnx"), "onnx", export_size(cfg),
+                         source=checkpoint.name, source_sha256=sha256_file(checkpoint))
+        except (ExportError, ConfigError) as error:
+            return str(error)
+    return None
+
+
+def _estimate_input(cfg: Config, folder: Path, count: int) -> int:
+    """A data folder with the first ``count`` test images (linked), for timing; returns how many."""
+    from segfold.data.formats import image_path, read_test_ids
+
+    ids = read_test_ids(cfg.data)[:count]
+    test_dir = folder / cfg.data.test_images
+    test_dir.mkdir(parents=True)
+    for image_id in ids:
+        source = image_path(cfg.data, image_id, "test")
+        (test_dir / source.name).symlink_to(source.resolve())
+    return len(ids)
+
+
+def time_runtimes(cfg: Config, package: Path, runtimes: Sequence[str], passes: int = 2) -> dict[str, dict[str, float]]:
+    """Seconds of the package's own prediction (models loaded, TTA, tiles, store) of a few test images.
+
+    Each runtime runs ``passes`` times, interleaved with the others, and keeps its fastest pass: the
+    first pass of the first runtime pays one-off costs (imports, allocations) the others would not.
+    """
+    from segfold.infer.predict import predict_test
+
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        images = _estimate_input(cfg, Path(tmp) / "input", cfg.package.estimate_images)
+        for _ in range(passes):
+            for runtime in runtimes:
+                run_cfg = kernel_config(package, Path(tmp) / "input", Path(tmp) / f"work-{runtime}",
+                                        {"data": {"sample_submission": None}, "infer": {"runtime": runtime}})
+                prepare_work_dir(package, run_cfg)
+                started = time.perf_counter()
+                predict_test(run_cfg, log=logger.debug)
+                seconds = time.perf_counter() - started
+                best[runtime] = min(seconds, best.get(runtime, seconds))
+                logger.info("%s: %d images in %.1fs", runtime, images, seconds)
+    return {runtime: {"seconds": seconds, "images": images, "per_image": seconds / images}
+            for runtime, seconds in best.items()}
+
+
+def default_input(cfg: Config) -> str:
+    """Where the kernel finds the competition's data on Kaggle."""
+    return f"/kaggle/input/{cfg.package.competition or Path(cfg.data.root).name}"
+
+
+def build_package(cfg: Config, folds: Sequence[int] | None = None, out: str | os.PathLike | None = None,
+                  runtime: str | None = None, config_path: str = "") -> dict[str, Any]:
+    """Write the package folder (see the module docstring) and return what went into it.
+
+    Args:
+        cfg: the experiment config (its `package` section says which wheels, fp16, runtime, sizes).
+        folds: the folds to ship (default `infer.folds`, else every trained fold).
+        out: the folder (default `dist/<experiment>-kernel`); replaced when it exists.
+        runtime: override `package.runtime` ("auto", "torch" or "onnx").
+        config_path: the config file's name, for the README.
+    """
+    from segfold.config import repo_root
+    from segfold.config.load import config_to_dict
+    from segfold.data.formats import read_test_ids
+
+    runtime = runtime or cfg.package.runtime
+    out = Path(out) if out is not None else repo_root() / "dist" / f"{cfg.experiment.name}-kernel"
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / MODELS).mkdir(parents=True)
+    used, normalisation = _write_models(cfg, folds, partial / MODELS)
+    resolved = config_to_dict(cfg)
+    resolved["infer"]["folds"] = used
+    notes = []
+    candidates = ["torch"] if runtime == "torch" else ["torch", "onnx"] if runtime == "auto" else ["onnx"]
+    if "onnx" in candidates:
+        reason = _export_onnx(cfg, partial, used)
+        if reason is not None:
+            if runtime == "onnx":
+                raise ExportError(f"package.runtime is onnx but the export failed: {reason}")
+            notes.append(f"onnx left out: {reason}")
+            candidates = ["torch"]
+    resolved["infer"]["runtime"] = "torch"
+    (partial / MODELS / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    timings = time_runtimes(cfg, partial, candidates)
+    chosen = min(timings, key=lambda name: timings[name]["per_image"])
+    resolved["infer"]["runtime"] = chosen
+    (partial / MODELS / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    if chosen != "onnx":
+        for fold in used:
+            exported_path(partial / MODELS / f"fold{fold}" / cfg.infer.checkpoint, "onnx").unlink(missing_ok=True)
+    write_checksums(partial / MODELS)
+
+    wheels = partial / WHEELS
+    wheels.mkdir()
+    build_own_wheel(repo_root(), wheels)
+    names = list(dict.fromkeys([*cfg.package.wheels, *(["onnxruntime"] if chosen == "onnx" else [])]))
+    download_wheels(names, wheels, cfg.package.find_links, cfg.package.python_version, cfg.package.platform)
+    write_checksums(wheels)
+
+    name = cfg.experiment.name
+    test_images = cfg.package.test_images or len(read_test_ids(cfg.data))
+    per_image = timings[chosen]["per_image"]
+    facts = {
+        "name": name, "config": config_path or "the experiment config", "default_input": default_input(cfg),
+        "folds": used, "arch": cfg.model.arch, "encoder": cfg.model.encoder_name, "fp16": cfg.package.fp16,
+        "runtime": chosen, "tta": cfg.infer.tta, "timings": timings, "estimate_images": timings[chosen]["images"],
+        "device": _device_name(cfg), "threads": torch.get_num_threads(), "test_images": test_images,
+        "test_images_source": "package.test_images" if cfg.package.test_images else "the local test folder",
+        "estimate_minutes": per_image * test_images / 60, "wheels": sorted(p.name for p in wheels.glob("*.whl")),
+        "normalisation": normalisation, "notes": notes,
+    }
+    (partial / "infer.py").write_text(infer_py(name, default_input(cfg)))
+    (partial / "infer.ipynb").write_text(infer_ipynb(name, default_input(cfg), out.name))
+    (partial / "README.md").write_text(readme(facts))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return {**facts, "out": str(out)}
+
+
+def _device_name(cfg: Config) -> str:
+    from segfold.infer.predict import resolve_device
+
+    device = resolve_device(cfg.infer.device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()})"
