@@ -9,6 +9,7 @@ runtime (PyTorch eager and, where the export works, onnxruntime), the faster one
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
+from torch import nn
 
 from segfold.errors import ConfigError, ExportError
 from segfold.export import export_model, exported_path, fold_checkpoint_paths
@@ -45,11 +47,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _weights_only(state: dict[str, Any], fp16: bool) -> dict[str, Any]:
+# what a weights-only checkpoint keeps (no optimizer, scheduler, scaler, sampler or RNG state)
+KEPT_KEYS = ("model", "config", "fold", "epoch", "preprocessing", "weights", "monitor", "value", "score")
+
+
+def _weights_only(state: dict[str, Any], model: nn.Module, fp16: bool) -> dict[str, Any]:
+    """The checkpoint to ship: weights (float16 if asked), the normalisation, and a config that builds the
+    same network offline (no pretrained weights to fetch; the timm model actually built named)."""
+    from segfold.encoders import resolve_encoder_name
+
     weights = {key: (value.half() if fp16 and value.is_floating_point() else value)
                for key, value in state["model"].items()}
-    return {"model": weights, "config": state["config"],
-            **{key: state[key] for key in ("fold", "epoch", "score") if key in state}}
+    config = copy.deepcopy(state["config"])
+    config["model"]["encoder_weights"] = None
+    built = getattr(model, "encoder_timm_name", None)
+    if built and resolve_encoder_name(config["model"]["encoder_name"]) != built:
+        config["model"]["encoder_name"] = built  # NOTE e.g. the tf_ twin that efficientnet_pytorch weights build
+    return {**{key: state[key] for key in KEPT_KEYS if key in state}, "model": weights, "config": config,
+            "preprocessing": model.pretrained_cfg}
 
 
 def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path) -> tuple[list[int], dict[str, Any]]:
@@ -64,8 +79,11 @@ def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path) ->
     norms = set()
     for fold, path in paths.items():
         target = models_dir / f"fold{fold}" / cfg.infer.checkpoint
-        save_checkpoint(target, _weights_only(load_checkpoint(path), cfg.package.fp16))
+        original = load_checkpoint_model(path)[0]
+        save_checkpoint(target, _weights_only(load_checkpoint(path), original, cfg.package.fp16))
         model = load_checkpoint_model(target)[0]
+        if model.pretrained_cfg != original.pretrained_cfg:
+            raise ConfigError(f"fold {fold}: the packaged model normalises its input differently from {path}")
         norm = model.pretrained_cfg
         norms.add(json.dumps({**norm, "in_channels": int(model.config.get("in_channels", 3))}, sort_keys=True))
     if len(norms) != 1:
@@ -158,6 +176,7 @@ def build_package(cfg: Config, folds: Sequence[int] | None = None, out: str | os
     used, normalisation = _write_models(cfg, folds, partial / MODELS)
     resolved = config_to_dict(cfg)
     resolved["infer"]["folds"] = used
+    resolved["model"]["encoder_weights"] = None  # the weights are in models/; nothing is fetched
     notes = []
     candidates = ["torch"] if runtime == "torch" else ["torch", "onnx"] if runtime == "auto" else ["onnx"]
     if "onnx" in candidates:
