@@ -24,7 +24,7 @@ from segfold.export.speed import images_per_second
 def load_model(cfg, fold: int) -> tuple[torch.nn.Module, str]:
     """The fold's trained model when its checkpoint exists, else the config's model with random weights."""
     from segfold.models import build_model
-    from segfold.train.checkpoint import load_checkpoint_model
+    from segfold.probs import load_checkpoint_model
 
     checkpoint = cfg.experiment.output_dir / f"fold{fold}" / cfg.infer.checkpoint
     if checkpoint.is_file():

@@ -11,7 +11,6 @@ inputs of two shapes and compared with the PyTorch model; the maximum absolute d
 from __future__ import annotations
 
 import argparse
-import logging
 
 from segfold.cli import add_config_arguments, config_from_args, parse_folds, script_main
 from segfold.export import DEFAULT_TOLERANCE, FORMATS, export_folds
@@ -27,7 +26,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest accepted max abs difference, as a share of the logit scale")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     cfg = config_from_args(args)
     for done in export_folds(cfg, args.fmt, parse_folds(args.folds), args.size, args.tolerance):
         meta = done.meta

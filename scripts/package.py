@@ -9,7 +9,6 @@ ready to upload as a Kaggle dataset; its README says how to run it and how long 
 from __future__ import annotations
 
 import argparse
-import logging
 
 from segfold.cli import add_config_arguments, config_from_args, parse_folds, script_main
 
@@ -22,7 +21,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None,
                         help="what runs the models in the kernel (default package.runtime: auto = the faster)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     cfg = config_from_args(args)
 
     from segfold.package.build import build_package

@@ -39,7 +39,7 @@ def script(repo_root, name):
 def trained(tmp_path_factory):
     """Fold 0 trained for one epoch, rules in thresholds.json, and make_submission.py's submission."""
     from segfold.data.demo import make_demo_data
-    from segfold.infer.postprocess import PostprocessParams, save_thresholds
+    from segfold.postprocess import PostprocessParams, save_thresholds
     from segfold.train import train
 
     root = tmp_path_factory.mktemp("package")

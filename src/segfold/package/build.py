@@ -26,8 +26,8 @@ import yaml
 from torch import nn
 
 from segfold.errors import ConfigError, ExportError
-from segfold.export import export_model, exported_path, fold_checkpoint_paths
-from segfold.io import sha256_file
+from segfold.export import export_model, export_size, exported_path, fold_checkpoint_paths
+from segfold.io import atomic_path, sha256_file
 from segfold.package.kernel import (
     CONFIG_FILE,
     MODELS,
@@ -40,6 +40,8 @@ from segfold.package.kernel import (
 )
 from segfold.package.templates import infer_ipynb, infer_py, readme
 from segfold.package.wheels import build_own_wheel, download_wheels
+from segfold.predict import predict_test
+from segfold.probs import load_checkpoint, load_checkpoint_model, resolve_device
 
 if TYPE_CHECKING:
     from segfold.config import Config
@@ -69,8 +71,6 @@ def _weights_only(state: dict[str, Any], model: nn.Module, fp16: bool) -> dict[s
 
 def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path) -> tuple[list[int], dict[str, Any]]:
     """Weights-only checkpoints of the folds, thresholds and normalisation; returns the folds and the normalisation."""
-    from segfold.train.checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint
-
     thresholds = cfg.experiment.output_dir / THRESHOLDS_FILE
     if not thresholds.is_file():
         raise ConfigError(f"{thresholds}: missing; tune the post-processing first (python scripts/tune_thresholds.py "
@@ -80,7 +80,9 @@ def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path) ->
     for fold, path in paths.items():
         target = models_dir / f"fold{fold}" / cfg.infer.checkpoint
         original = load_checkpoint_model(path)[0]
-        save_checkpoint(target, _weights_only(load_checkpoint(path), original, cfg.package.fp16))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            torch.save(_weights_only(load_checkpoint(path), original, cfg.package.fp16), tmp)
         model = load_checkpoint_model(target)[0]
         if model.pretrained_cfg != original.pretrained_cfg:
             raise ConfigError(f"fold {fold}: the packaged model normalises its input differently from {path}")
@@ -96,9 +98,6 @@ def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path) ->
 
 def _export_onnx(cfg: Config, package: Path, folds: Sequence[int]) -> str | None:
     """ONNX exports of the packaged folds next to them; the reason when one cannot be exported."""
-    from segfold.export import export_size
-    from segfold.train.checkpoint import load_checkpoint_model
-
     for fold in folds:
         checkpoint = package / MODELS / f"fold{fold}" / cfg.infer.checkpoint
         model = load_checkpoint_model(checkpoint)[0]
@@ -129,8 +128,6 @@ def time_runtimes(cfg: Config, package: Path, runtimes: Sequence[str], passes: i
     Each runtime runs ``passes`` times, interleaved with the others, and keeps its fastest pass: the
     first pass of the first runtime pays one-off costs (imports, allocations) the others would not.
     """
-    from segfold.infer.predict import predict_test
-
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         images = _estimate_input(cfg, Path(tmp) / "input", cfg.package.estimate_images)
@@ -140,10 +137,10 @@ def time_runtimes(cfg: Config, package: Path, runtimes: Sequence[str], passes: i
                                         {"data": {"sample_submission": None}, "infer": {"runtime": runtime}})
                 prepare_work_dir(package, run_cfg)
                 started = time.perf_counter()
-                predict_test(run_cfg, log=logger.debug)
+                predict_test(run_cfg)
                 seconds = time.perf_counter() - started
                 best[runtime] = min(seconds, best.get(runtime, seconds))
-                logger.info("%s: %d images in %.1fs", runtime, images, seconds)
+                logger.debug("%s: %d images in %.1fs", runtime, images, seconds)
     return {runtime: {"seconds": seconds, "images": images, "per_image": seconds / images}
             for runtime, seconds in best.items()}
 
@@ -226,9 +223,7 @@ def build_package(cfg: Config, folds: Sequence[int] | None = None, out: str | os
 
 
 def _device_name(cfg: Config) -> str:
-    from segfold.infer.predict import resolve_device
-
-    device = resolve_device(cfg.infer.device)
+    device = resolve_device(cfg.infer.device, key="infer.device")
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()})"
