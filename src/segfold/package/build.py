@@ -25,6 +25,9 @@ import torch
 import yaml
 from torch import nn
 
+from segfold.config.load import config_to_dict, repo_root
+from segfold.data.formats import image_path, read_test_ids
+from segfold.encoders import resolve_encoder_name
 from segfold.errors import ConfigError, ExportError
 from segfold.export import export_model, export_size, exported_path, fold_checkpoint_paths
 from segfold.io import atomic_path, sha256_file
@@ -56,8 +59,6 @@ KEPT_KEYS = ("model", "config", "fold", "epoch", "preprocessing", "weights", "mo
 def _weights_only(state: dict[str, Any], model: nn.Module, fp16: bool) -> dict[str, Any]:
     """The checkpoint to ship: weights (float16 if asked), the normalisation, and a config that builds the
     same network offline (no pretrained weights to fetch; the timm model actually built named)."""
-    from segfold.encoders import resolve_encoder_name
-
     weights = {key: (value.half() if fp16 and value.is_floating_point() else value)
                for key, value in state["model"].items()}
     config = copy.deepcopy(state["config"])
@@ -111,8 +112,6 @@ def _export_onnx(cfg: Config, package: Path, folds: Sequence[int]) -> str | None
 
 def _estimate_input(cfg: Config, folder: Path, count: int) -> int:
     """A data folder with the first ``count`` test images (linked), for timing; returns how many."""
-    from segfold.data.formats import image_path, read_test_ids
-
     ids = read_test_ids(cfg.data)[:count]
     test_dir = folder / cfg.data.test_images
     test_dir.mkdir(parents=True)
@@ -161,10 +160,6 @@ def build_package(cfg: Config, folds: Sequence[int] | None = None, out: str | os
         runtime: override `package.runtime` ("auto", "torch" or "onnx").
         config_path: the config file's name, for the README.
     """
-    from segfold.config import repo_root
-    from segfold.config.load import config_to_dict
-    from segfold.data.formats import read_test_ids
-
     runtime = runtime or cfg.package.runtime
     out = Path(out) if out is not None else repo_root() / "dist" / f"{cfg.experiment.name}-kernel"
     partial = out.with_name(out.name + ".partial")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from segfold.config.load import validate_config
 from segfold.errors import DataError, WeightsError
 from segfold.export import load_exported_folds
 from segfold.io import atomic_path, sha256_file
@@ -81,8 +82,6 @@ def package_folds(package: Path) -> list[int]:
 def kernel_config(package: Path, input_dir: str | os.PathLike, work_dir: str | os.PathLike,
                   overrides: dict[str, Any] | None = None) -> Config:
     """The packaged config with ``data.root`` at ``input_dir`` and outputs under ``work_dir``."""
-    from segfold.config.load import validate_config
-
     raw = yaml.safe_load((package / MODELS / CONFIG_FILE).read_text())
     raw.setdefault("data", {})["root"] = str(Path(input_dir).resolve())
     raw["data"]["test_labels"] = None
