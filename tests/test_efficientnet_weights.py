@@ -236,3 +236,16 @@ def test_packaged_weights_are_real_imagenet_weights() -> None:
         coffee = classifier(_imagenet_input(data.coffee())).argmax(1).item()
     assert 281 <= cat <= 285  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert coffee in (967, 968)  # espresso, cup
+
+
+def test_incomplete_timm_state_dict_is_an_error_not_random_weights(tmp_path) -> None:
+    # timm fills EfficientNet feature models non-strictly; a missing stage must not stay random silently
+    classifier = timm.create_model("test_efficientnet")
+    path = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in classifier.state_dict().items() if not k.startswith("blocks.3.")}, path)
+    with pytest.raises(WeightsError, match=r"lack \d+ tensor\(s\).*'blocks\.3\.0\.conv_pw\.weight'"):
+        get_encoder("test_efficientnet", weights=path)
+    torch.save(classifier.state_dict(), path)
+    complete = get_encoder("test_efficientnet", weights=path)
+    torch.testing.assert_close(complete.state_dict()["model.blocks.3.0.conv_pw.weight"],
+                               classifier.blocks[3][0].conv_pw.weight)

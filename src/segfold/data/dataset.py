@@ -4,7 +4,7 @@ Per item: read the image with OpenCV (RGB, or 1 channel), resize image and mask 
 `data.image_size` (masks with nearest neighbour), apply the albumentations pipeline to both, then
 normalise with the encoder's mean/std::
 
-    params = segfold.encoders.get_preprocessing_params(cfg.model.encoder_name)
+    params = segfold.encoders.get_preprocessing_params(cfg.model.encoder_name, cfg.model.encoder_weights)
     ds = SegmentationDataset(cfg.data, ids, annotations=ann, transforms=build_transforms(cfg.data, "train"),
                              mean=params["mean"], std=params["std"])
 """

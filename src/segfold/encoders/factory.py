@@ -33,6 +33,8 @@ from segfold.encoders.weights import (
 from segfold.errors import WeightsError
 
 OUTPUT_STRIDES = (8, 16, 32)
+# timm feature models that timm fills from a classifier state dict non-strictly
+_NON_STRICT_FEATURES = ("EfficientNetFeatures", "MobileNetV3Features")
 
 
 def get_encoder(
@@ -197,7 +199,7 @@ def _from_timm_state_dict(
     overlay: dict[str, Any] = {"state_dict": state_dict, "source": "timm"}
     try:
         # `pretrained_cfg=tag` picks that tag's config (input size, first conv, filter); the overlay the tensors.
-        return build(pretrained=True, pretrained_cfg=tag, pretrained_cfg_overlay=overlay)
+        encoder = build(pretrained=True, pretrained_cfg=tag, pretrained_cfg_overlay=overlay)
     except RuntimeError as error:
         detail = " ".join(str(error).split())
         if len(detail) > 1500:
@@ -206,6 +208,15 @@ def _from_timm_state_dict(
             f"encoder weights {source} do not fit encoder {name!r} ({timm_name}): {detail}. Pass a state dict of "
             "the same timm model (classifier or encoder)"
         ) from error
+    features = getattr(encoder, "model", None)
+    if type(features).__name__ in _NON_STRICT_FEATURES:
+        # NOTE timm loads these feature classes with strict=False (no checkpoint filter renames their keys): a
+        # tensor missing from the file would silently stay randomly initialised
+        missing = [k for k in features.state_dict() if k not in state_dict and not k.endswith("num_batches_tracked")]
+        if missing:
+            raise WeightsError(f"encoder weights {source} lack {len(missing)} tensor(s) of encoder {name!r} "
+                               f"({timm_name}), the first {missing[0]!r}; pass the complete state dict")
+    return encoder
 
 
 def get_preprocessing_params(name: str, weights: str | os.PathLike | None = "imagenet") -> dict[str, list[float]]:
@@ -213,7 +224,9 @@ def get_preprocessing_params(name: str, weights: str | os.PathLike | None = "ima
 
     Args:
         name: encoder name as for `get_encoder`.
-        weights: ``"imagenet"``, a timm tag, None or a local file (the last two give the default tag's values).
+        weights: ``"imagenet"``, a timm tag, None (the default tag's values) or a local file (the default
+            tag's values of the model `get_encoder` builds for it: timm's ``tf_`` twin for an
+            efficientnet_pytorch-layout file, so mean = std = 0.5 for the EfficientNet-Lite files).
 
     Returns:
         ``{"mean": [...], "std": [...], "input_range": [0, 1]}`` for images scaled to ``input_range``.
