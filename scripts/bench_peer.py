@@ -60,7 +60,8 @@ def loaders(cfg: Any, annotations: Any, train_ids: list[str], valid_ids: list[st
     from segfold.data.dataset import SegmentationDataset
 
     common = {"annotations": annotations, "mean": mean, "std": std}
-    train_set = SegmentationDataset(cfg.data, train_ids, transforms=A.Compose([A.HorizontalFlip(p=0.5)]), **common)
+    flips = A.Compose([A.HorizontalFlip(p=0.5)], seed=seed)
+    train_set = SegmentationDataset(cfg.data, train_ids, transforms=flips, **common)
     valid_set = SegmentationDataset(cfg.data, valid_ids, **common)
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
