@@ -24,12 +24,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
+import segfold
 from segfold.cli import add_config_arguments, config_from_args, script_main
+from segfold.data.dataset import SegmentationDataset
+from segfold.data.folds import load_folds
+from segfold.data.formats import read_train
 from segfold.errors import ConfigError
+from segfold.io import write_json_atomic
+from segfold.losses import DiceLoss
 
 RECIPE = {"arch": "Unet", "encoder": "efficientnet-lite0", "weights": "imagenet", "loss": "bce + dice",
           "optimizer": "adam", "lr": 1e-3, "batch_size": 8, "epochs": 20, "augment": "horizontal flip p=0.5",
@@ -54,11 +62,7 @@ def dice_per_pair(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def loaders(cfg: Any, annotations: Any, train_ids: list[str], valid_ids: list[str], mean: list[float],
             std: list[float], batch_size: int, seed: int) -> tuple[Any, Any]:
-    import albumentations as A
-    from torch.utils.data import DataLoader
-
-    from segfold.data.dataset import SegmentationDataset
-
+    """Training (horizontal flips) and validation DataLoaders at the config's `data.image_size`."""
     common = {"annotations": annotations, "mean": mean, "std": std}
     flips = A.Compose([A.HorizontalFlip(p=0.5)], seed=seed)
     train_set = SegmentationDataset(cfg.data, train_ids, transforms=flips, **common)
@@ -70,8 +74,6 @@ def loaders(cfg: Any, annotations: Any, train_ids: list[str], valid_ids: list[st
 
 def train_fold(model: torch.nn.Module, train_loader: Any, epochs: int, lr: float, log: Any) -> None:
     """The plain loop: Adam, BCE + Dice (smp's `DiceLoss("multilabel")`: segfold's has the same semantics)."""
-    from segfold.losses import DiceLoss
-
     dice = DiceLoss("multilabel", from_logits=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for epoch in range(1, epochs + 1):
@@ -106,10 +108,6 @@ def score_fold(model: torch.nn.Module, valid_loader: Any, annotations: Any, thre
 
 def run(cfg: Any, folds: list[int] | None, epochs: int, log: Any = print) -> dict[str, Any]:
     """Train and score each fold with the peer recipe; returns the summary written to JSON."""
-    import segfold
-    from segfold.data.folds import load_folds
-    from segfold.data.formats import read_train
-
     if cfg.data.mode == "multiclass":
         raise ConfigError("bench_peer.py runs the binary/multilabel recipe (sigmoid, BCE + Dice); "
                           f"data.mode is {cfg.data.mode!r}")
@@ -166,7 +164,6 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     folds = [int(v) for v in args.folds.split(",")] if args.folds else None
 
-    from segfold.io import write_json_atomic
 
     summary = run(cfg, folds, args.epochs)
     out = args.out or cfg.experiment.output_dir / "peer" / "peer.json"
