@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-from segfold.cli import add_config_arguments, script_main
+from segfold.cli import add_allow_stale, add_config_arguments, script_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_allow_stale(add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])))
     parser.add_argument("--configs", nargs="+", required=True, metavar="CONFIG", help="the members' experiment YAMLs")
     parser.add_argument("--out", required=True, metavar="NAME", help="the blend's experiment name (outputs/NAME/)")
     parser.add_argument("--method", default="weighted", choices=["mean", "weighted", "geometric"],
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     members = [load_config(path) for path in args.configs]
     base = load_config(args.config or args.configs[0], args.overrides)
     run_blend(members, args.out, method=args.method, weights=args.weights, trials=args.trials,
-              max_images=args.max_images, base=base, tune=not args.no_tune)
+              max_images=args.max_images, base=base, tune=not args.no_tune, allow_stale=args.allow_stale)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-from segfold.cli import add_config_arguments, config_from_args, script_main
+from segfold.cli import add_allow_stale, add_config_arguments, config_from_args, script_main
 
 
 @script_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_allow_stale(add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])))
     parser.add_argument("--score", default=None, metavar="LABELS.csv",
                         help="labels of the test images (in the training CSV's format) to score the submission")
     args = parser.parse_args(argv)
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from segfold.submit import make_submission
 
-    result = make_submission(cfg, labels=args.score)
+    result = make_submission(cfg, labels=args.score, allow_stale=args.allow_stale)
     print(f"post-processing from {result['postprocess']}")
     print(f"submission: {result['path']} ({result['rows']} rows, {result['non_empty']} non-empty masks)")
     if "score" in result:

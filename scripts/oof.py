@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 
-from segfold.cli import add_config_arguments, config_from_args, script_main
+from segfold.cli import add_allow_stale, add_config_arguments, config_from_args, script_main
 
 
 @script_main
 def main(argv: list[str] | None = None) -> dict:
-    parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_allow_stale(add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])))
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
     from segfold.oof import gather_oof
 
-    result = gather_oof(cfg)
+    result = gather_oof(cfg, allow_stale=args.allow_stale)
     print(result["table"])
     missing = f" (missing folds: {result['missing_folds']})" if result["missing_folds"] else ""
     print(f"OOF {cfg.data.metric} = {result['score']:.5f} on {result['images']} images from folds "

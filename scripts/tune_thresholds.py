@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from segfold.cli import add_config_arguments, config_from_args, script_main
+from segfold.cli import add_allow_stale, add_config_arguments, config_from_args, script_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_allow_stale(add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])))
     parser.add_argument("--trials", type=int, default=None,
                         help="Optuna trials per class (default postprocess.tune.optuna_trials; 0 = grid only)")
     parser.add_argument("--metric", default=None, choices=["dice_pairs", "dice_image", "tgs_iou"],
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from segfold.postprocess import tune_thresholds
 
-    tune_thresholds(cfg)
+    tune_thresholds(cfg, allow_stale=args.allow_stale)
 
 
 if __name__ == "__main__":

@@ -89,11 +89,18 @@ def test_train_refuses_a_trained_fold_and_overwrite_moves_the_old_run_aside(demo
     import yaml
 
     from segfold.config.load import config_to_dict
+    from segfold.probs import read_record
     from segfold.train import train
 
-    cfg = tiny_config(demo_root, tmp_path)
+    cfg = tiny_config(demo_root, tmp_path, train={"write_oof": True})
     train(cfg, 0)
     fold_dir = tmp_path / "tiny" / "fold0"
+    # the fold's OOF records the checkpoint it was written from (provenance)
+    record = read_record(fold_dir / "oof.json")
+    (checkpoint,) = record["checkpoints"]
+    assert (record["stage"], record["folds"], checkpoint["epoch"]) == ("train", [0], 1)
+    assert checkpoint["path"] == str((fold_dir / "best.pt").resolve())
+    assert checkpoint["mtime_ns"] == (fold_dir / "best.pt").stat().st_mtime_ns
     before = {name: digest(fold_dir / name) for name in ("best.pt", "last.pt", "metrics.csv")}
     events = sorted(p.name for p in (fold_dir / "tensorboard").iterdir())
     assert events

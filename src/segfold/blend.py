@@ -31,7 +31,9 @@ from segfold.probs import (
     ProbStore,
     StoreView,
     TruthFn,
+    expected_folds,
     make_truth_reader,
+    new_record,
     open_oof,
     open_test,
     to_uint8,
@@ -131,10 +133,16 @@ class BlendView:
         return {image_id: row for row, image_id in enumerate(self.image_ids)}
 
 
-def write_blend(view: BlendView, folder: str | Path, name: str) -> ProbStore:
-    """Write a blend as a probability store `folder/name.*` (class probabilities blended too when all have them)."""
+def write_blend(view: BlendView, folder: str | Path, name: str, provenance: dict | None = None) -> ProbStore:
+    """Write a blend as a probability store `folder/name.*` (class probabilities blended too when all have them).
+
+    `provenance` (default: a `blend` record of the member stores) goes into the store's header.
+    """
     num, classes, height, width = view.shape
-    store = ProbStore.create(folder, name, view.image_ids, view.classes, height, width)
+    if provenance is None:
+        provenance = new_record("blend", None, inputs=[e for m in view.members for e in m.input_entries()],
+                                method=view.method, weights=[float(w) for w in view.weights])
+    store = ProbStore.create(folder, name, view.image_ids, view.classes, height, width, provenance=provenance)
     try:
         step = max(1, PIXEL_BUDGET // (classes * height * width))
         for start in range(0, num, step):
@@ -204,12 +212,12 @@ def format_table(table: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _open_tests(configs: dict[str, Any]) -> dict[str, StoreView] | None:
+def _open_tests(configs: dict[str, Any], allow_stale: bool = False) -> dict[str, StoreView] | None:
     """Every member's test store, None when no member has one (DataError when only some do)."""
     found, missing = {}, []
     for name, cfg in configs.items():
         try:
-            found[name] = open_test(cfg.experiment.output_dir)
+            found[name] = open_test(cfg.experiment.output_dir, allow_stale=allow_stale)
         except DataError:
             missing.append(f"'{name}' ({Path(cfg.experiment.output_dir) / 'test'})")
     if found and missing:
@@ -220,7 +228,7 @@ def _open_tests(configs: dict[str, Any]) -> dict[str, StoreView] | None:
 
 def run_blend(configs: Sequence[Any], name: str, method: str = "weighted", weights: Sequence[float] | None = None,
               trials: int = 30, max_images: int = 500, base: Any | None = None,
-              truth_fn: TruthFn | None = None, tune: bool = True) -> dict[str, Any]:
+              truth_fn: TruthFn | None = None, tune: bool = True, allow_stale: bool = False) -> dict[str, Any]:
     """Blend experiments' OOF (and test) stores into `outputs/<name>/`, then tune thresholds on the blend.
 
     Args:
@@ -233,6 +241,8 @@ def run_blend(configs: Sequence[Any], name: str, method: str = "weighted", weigh
         base: the blend's settings (data, postprocess, ...); default the first member's config.
         truth_fn: `image_id -> (C, H, W)` true masks (default: the training annotations).
         tune: run `tune_thresholds` on the blended OOF.
+        allow_stale: warn instead of failing when a member's OOF or test store no longer matches its
+            checkpoints (`segfold.probs.provenance`).
 
     Returns:
         `weights`, `table` (each member's and the blend's OOF scores), `output_dir`, and `tuning` when tuned.
@@ -248,9 +258,10 @@ def run_blend(configs: Sequence[Any], name: str, method: str = "weighted", weigh
     cfg = validate_config(data, source=f"blend '{name}'")
     out_dir = Path(cfg.experiment.output_dir)
 
-    oof = {n: open_oof(c.experiment.output_dir) for n, c in members.items()}
+    oof = {n: open_oof(c.experiment.output_dir, allow_stale=allow_stale, expected_folds=expected_folds(c)[0])
+           for n, c in members.items()}
     rows = align(oof, "OOF")
-    tests = _open_tests(members)
+    tests = _open_tests(members, allow_stale)
     test_rows = align(tests, "test") if tests is not None else None
     ref = next(iter(oof.values()))
     if tests is not None and next(iter(tests.values())).classes != ref.classes:

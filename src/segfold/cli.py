@@ -33,6 +33,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+def add_allow_stale(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add `--allow-stale`: use artefacts older than their inputs with a warning instead of an error."""
+    parser.add_argument("--allow-stale", action="store_true",
+                        help="use an OOF / test store / thresholds.json made from other checkpoints or stores than "
+                             "those on disk now, with a warning (by default that is an error naming what to rerun)")
+    return parser
+
+
 def config_from_args(args: argparse.Namespace):
     """The validated config named by `--config` with the `--set` overrides applied (and the log level set)."""
     setup_logging(int(getattr(args, "verbose", False)) - int(getattr(args, "quiet", False)))

@@ -29,3 +29,7 @@ class OutputError(SegfoldError, OSError):
 
 class ExportError(SegfoldError, RuntimeError):
     """A model that could not be exported, or whose export does not compute what the PyTorch model computes."""
+
+
+class StaleError(SegfoldError, RuntimeError):
+    """An artefact made from other inputs than the ones now on disk: an earlier stage ran again since."""

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from segfold.data.folds import folds_path, load_folds
 from segfold.data.formats import read_train
 from segfold.errors import DataError, TrainingError
 from segfold.io import atomic_path
@@ -25,7 +24,11 @@ from segfold.probs import (
     ProbStore,
     StoreView,
     binarize,
+    check_store,
+    expected_folds,
     fold_dirs,
+    missing_folds_note,
+    new_record,
     score_masks,
     truth_masks,
 )
@@ -35,20 +38,13 @@ logger = logging.getLogger(__name__)
 SCORES_FILE = "oof_scores.csv"
 
 
-def expected_folds(cfg: Any) -> tuple[list[int], list[str] | None]:
-    """The fold numbers of the experiment and the training image order (None when there is no folds file)."""
-    if not folds_path(cfg).is_file():  # NOTE never make new folds here: they must be the ones trained on
-        return list(range(cfg.data.folds.n_folds)), None
-    folds = load_folds(cfg, create=False)
-    return sorted(int(k) for k in folds["fold"].unique()), folds["ImageId"].astype(str).tolist()
-
-
-def gather_oof(cfg: Any, chunk: int = 32) -> dict[str, Any]:
+def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False) -> dict[str, Any]:
     """Gather, store and score the out-of-fold probabilities of every fold found.
 
     Args:
         cfg: the experiment config.
         chunk: images scored at a time.
+        allow_stale: warn instead of failing when a fold's OOF no longer matches its checkpoint.
 
     Returns:
         `{"score", "class_dice", "table", "folds", "missing_folds", "images", "path"}`.
@@ -64,7 +60,12 @@ def gather_oof(cfg: Any, chunk: int = 32) -> dict[str, Any]:
     missing = [k for k in folds if k not in dirs]
     if not found:
         raise TrainingError(f"no fold of {out} has OOF probabilities (fold<k>/oof.json): train a fold first")
-    view = StoreView([ProbStore.open(path, OOF_NAME) for path in dirs.values()], ", ".join(map(str, dirs.values())))
+    stores = [ProbStore.open(path, OOF_NAME) for path in dirs.values()]
+    for fold_store in stores:
+        check_store(fold_store, "train", allow_stale)
+    if missing:
+        logger.warning("warning: gathering the OOF of folds %s: %s", found, missing_folds_note(found, folds))
+    view = StoreView(stores, ", ".join(map(str, dirs.values())))
     if list(view.classes) != list(cfg.data.classes):
         raise DataError(f"the OOF stores have classes {view.classes} but data.classes is {cfg.data.classes}")
     row_of = view.row_index()
@@ -73,7 +74,8 @@ def gather_oof(cfg: Any, chunk: int = 32) -> dict[str, Any]:
     image_ids += [i for i in view.image_ids if i not in listed]
     fold_of = {image_id: k for k, path in dirs.items() for image_id in ProbStore.open(path, OOF_NAME).image_ids}
     _, _, height, width = view.shape
-    store = ProbStore.create(out / OOF_NAME, OOF_NAME, image_ids, view.classes, height, width)
+    record = new_record("oof", cfg, inputs=view.input_entries(), folds=found, missing_folds=missing)
+    store = ProbStore.create(out / OOF_NAME, OOF_NAME, image_ids, view.classes, height, width, provenance=record)
     rows = np.array([row_of[i] for i in image_ids], dtype=np.int64)
     for start in range(0, len(rows), chunk):  # copied as stored: no second rounding
         store.write_uint8(np.arange(start, min(start + chunk, len(rows))), view.read_u8(rows[start:start + chunk]))

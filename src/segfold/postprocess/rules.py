@@ -37,6 +37,7 @@ from segfold.config.base import format_validation_error
 from segfold.config.infer import RULE_KEYS, PostprocessConfig
 from segfold.errors import ConfigError, DataError
 from segfold.io import write_json_atomic
+from segfold.probs import changes, entry_folds, input_entry, oof_store_paths, read_record, source_ids, stale
 
 THRESHOLDS_FILE = "thresholds.json"
 
@@ -214,13 +215,35 @@ def apply_postprocess_batch(probs: np.ndarray, params: PostprocessParams | Postp
 
 
 # ----------------------------------------------------------------------------------- thresholds.json
-def save_thresholds(path: str | os.PathLike, params: PostprocessParams, **info: Any) -> Path:
-    """Write tuned rules (and facts such as `score_before` / `score_after`) to `thresholds.json` atomically."""
+def save_thresholds(path: str | os.PathLike, params: PostprocessParams, provenance: dict | None = None,
+                    **info: Any) -> Path:
+    """Write tuned rules (and facts such as `score_before` / `score_after`) to `thresholds.json` atomically.
+
+    `provenance` (`segfold.probs.provenance.new_record`) names the OOF stores it was tuned on.
+    """
     path = Path(path)
     data = {"classes": list(params.classes), **info,
-            "postprocess": params.to_config().model_dump(mode="json", exclude={"tune"})}
+            "postprocess": params.to_config().model_dump(mode="json", exclude={"tune"}), "provenance": provenance}
     write_json_atomic(path, data)
     return path
+
+
+def check_thresholds(path: Path, allow_stale: bool = False) -> None:
+    """StaleError (a warning with `allow_stale`) when `thresholds.json` was tuned on other OOF stores than
+    those the experiment's OOF is read from now, or one of them was rewritten since."""
+    record = read_record(path)
+    reasons = changes(record)
+    if record is not None and record.get("stage") == "tune_thresholds":
+        tuned_on = record.get("inputs", [])
+        now = [input_entry(p) for p in oof_store_paths(path.parent)]
+        if now and source_ids(now) != source_ids(tuned_on):
+            reasons.append(f"it was tuned on another OOF than the one there now (folds {entry_folds(tuned_on)} "
+                           f"then, folds {entry_folds(now)} now)")
+    elif record is None:
+        newer = [str(p) for p in oof_store_paths(path.parent) if p.stat().st_mtime > path.stat().st_mtime]
+        if newer:
+            reasons.append(f"{', '.join(newer)} were written after it")
+    stale(str(path), list(dict.fromkeys(reasons)), "scripts/tune_thresholds.py", allow_stale)
 
 
 def load_thresholds(path: str | os.PathLike, classes: Sequence[str] | None = None) -> PostprocessParams:
@@ -251,17 +274,26 @@ def load_thresholds(path: str | os.PathLike, classes: Sequence[str] | None = Non
         raise ConfigError(f"{path} was tuned for classes {saved} but the experiment has {list(classes)}; "
                           "rerun scripts/tune_thresholds.py")
     params = PostprocessParams.from_config(config, saved)
-    params.extra.update({key: value for key, value in data.items() if key not in ("classes", "postprocess")})
+    params.extra.update({key: value for key, value in data.items()
+                         if key not in ("classes", "postprocess", "provenance")})
     return params
 
 
-def postprocess_for(cfg: Any, classes: Sequence[str]) -> tuple[PostprocessParams, str]:
+def postprocess_for(cfg: Any, classes: Sequence[str], allow_stale: bool = False) -> tuple[PostprocessParams, str]:
     """The rules a submission should use: `outputs/<exp>/thresholds.json` when tuned, else `cfg.postprocess`.
+
+    Args:
+        cfg: the experiment config.
+        classes: the classes predicted.
+        allow_stale: warn instead of failing when `thresholds.json` was tuned on another OOF than the
+            one on disk now (a fold retrained, the OOF gathered again).
 
     Returns:
         The rules and where they came from (a path or `"config"`), for the log.
     """
     path = Path(cfg.experiment.output_dir) / THRESHOLDS_FILE
     if path.is_file():
-        return load_thresholds(path, classes), str(path)
+        params = load_thresholds(path, classes)
+        check_thresholds(path, allow_stale)
+        return params, str(path)
     return PostprocessParams.from_config(cfg.postprocess, classes), "config"

@@ -32,7 +32,7 @@ from segfold.postprocess.histograms import (
 )
 from segfold.postprocess.optuna_search import refine_class
 from segfold.postprocess.rules import THRESHOLDS_FILE, PostprocessParams, save_thresholds
-from segfold.probs import PackedTruth, StoreView, TruthFn, make_truth_reader, open_oof
+from segfold.probs import PackedTruth, StoreView, TruthFn, expected_folds, make_truth_reader, new_record, open_oof
 
 logger = logging.getLogger(__name__)
 
@@ -105,19 +105,22 @@ def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: flo
     return params, info
 
 
-def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn | None = None) -> dict[str, Any]:
+def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn | None = None,
+                    allow_stale: bool = False) -> dict[str, Any]:
     """Search the post-processing rules on the OOF and write `thresholds.json` and `threshold_curves.png`.
 
     Args:
         cfg: the experiment config (`postprocess` gives the starting rules and `postprocess.tune` the search).
         source: the OOF (default: `open_oof(cfg.experiment.output_dir)`).
         truth_fn: `image_id -> (C, H, W)` true masks at the OOF's resolution (default: the training annotations).
+        allow_stale: warn instead of failing when the OOF no longer matches its checkpoints or fold stores.
 
     Returns:
         A summary: `params`, `score_before`, `score_after`, `metric`, `method`, `path`, `curves`.
     """
     out_dir = Path(cfg.experiment.output_dir)
-    source = source if source is not None else open_oof(out_dir)
+    if source is None:
+        source = open_oof(out_dir, allow_stale=allow_stale, expected_folds=expected_folds(cfg)[0])
     num, _, height, width = source.shape
     if num == 0:
         raise DataError(f"the OOF ({source.label}) holds no images; train a fold (scripts/train.py) first")
@@ -154,7 +157,8 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
         "class_dice_after": dict(zip(source.classes, class_scores(hist, params, empty, components).tolist(),
                                      strict=True)),
     }
-    path = save_thresholds(out_dir / THRESHOLDS_FILE, params, **info)
+    record = new_record("tune_thresholds", cfg, inputs=source.input_entries(), folds=source.folds)
+    path = save_thresholds(out_dir / THRESHOLDS_FILE, params, provenance=record, **info)
     ylabel = "class mean Dice" if grid.method.startswith("exact") else f"{metric} (others held)"
     curves = plot_curves(grid, source.classes, out_dir / "threshold_curves.png", ylabel)
     logger.info(params.describe())

@@ -24,7 +24,16 @@ from segfold.errors import TrainingError
 from segfold.export import load_exported_folds
 from segfold.predict.tiles import needs_tiling, sliding_window
 from segfold.predict.tta import Predictor, build_tta, make_predictor
-from segfold.probs import TEST_NAME, ProbStore, StoreWriter, load_fold_models, resolve_device
+from segfold.probs import (
+    TEST_NAME,
+    ProbStore,
+    StoreWriter,
+    expected_folds,
+    load_fold_models,
+    missing_folds_note,
+    new_record,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +74,23 @@ def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None =
     infer, data = cfg.infer, cfg.data
     device = resolve_device(infer.device, key="infer.device")
     runtime = runtime or infer.runtime
-    wanted = folds if folds is not None else infer.folds
+    requested = folds if folds is not None else infer.folds
     if runtime == "torch":
-        models, used = load_fold_models(cfg.experiment.output_dir, infer.checkpoint, wanted, device)
-    else:
-        models, used = load_exported_folds(cfg, runtime, wanted, device)
-    transforms = build_tta(tta or infer.tta, scales if scales is not None else infer.scales)
+        models, used, checkpoints = load_fold_models(cfg.experiment.output_dir, infer.checkpoint, requested, device)
+    else:  # NOTE exported models are not checked against the checkpoints (no record of their files yet)
+        models, used = load_exported_folds(cfg, runtime, requested, device)
+        checkpoints = []
+    expected, _ = expected_folds(cfg)
+    note = missing_folds_note(used, expected)
+    if note:
+        logger.warning("warning: the test store averages folds %s only: %s%s", used, note,
+                       "" if requested is not None else f" (they have no {infer.checkpoint}: train them first)")
+    tta_name, scale_list = tta or infer.tta, list(scales if scales is not None else infer.scales)
+    record = new_record("predict", cfg, checkpoints=checkpoints, folds=used,
+                        missing_folds=[k for k in expected if k not in used],
+                        requested="all" if requested is None else sorted(int(k) for k in requested),
+                        checkpoint=infer.checkpoint, runtime=runtime, tta=tta_name, scales=scale_list)
+    transforms = build_tta(tta_name, scale_list)
     predict = make_predictor(models, transforms, data.mode, infer.forward_batch)
     mean, std, channels = _normalisation(models)
     image_ids = read_test_ids(data)
@@ -82,7 +102,7 @@ def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None =
     autocast = torch.autocast("cuda", dtype=torch.float16) if infer.amp and device.type == "cuda" \
         else contextlib.nullcontext()
     with StoreWriter(cfg.experiment.output_dir / TEST_NAME, TEST_NAME, image_ids, data.classes,
-                     data.metric_size) as writer:
+                     data.metric_size, provenance=record) as writer:
         for batch in loader:
             images = batch["image"].to(device)
             with torch.no_grad(), autocast:

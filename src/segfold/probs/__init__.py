@@ -9,7 +9,21 @@ stores (`views`), writing a store batch by batch (`writer`), an experiment's fol
 from segfold.probs.checkpoint import load_checkpoint, load_checkpoint_model, load_fold_models
 from segfold.probs.convert import DEFAULT_THRESHOLD, SCALE, binarize, probabilities, resize_probs, to_uint8
 from segfold.probs.device import resolve_device
-from segfold.probs.outputs import OOF_NAME, TEST_NAME, fold_checkpoints, fold_dirs, fold_number
+from segfold.probs.outputs import OOF_NAME, TEST_NAME, expected_folds, fold_checkpoints, fold_dirs, fold_number
+from segfold.probs.provenance import (
+    changes,
+    check_record,
+    checkpoint_entry,
+    config_hash,
+    entry_folds,
+    input_entry,
+    missing_folds_note,
+    new_record,
+    read_record,
+    rerun_for,
+    source_ids,
+    stale,
+)
 from segfold.probs.scoring import batch_scores, class_table, competition_metric, pair_dice, score_masks
 from segfold.probs.store import ProbStore, store_exists, store_paths
 from segfold.probs.truth import (
@@ -22,7 +36,7 @@ from segfold.probs.truth import (
     resize_nearest,
     truth_masks,
 )
-from segfold.probs.views import StoreView, open_oof, open_test
+from segfold.probs.views import StoreView, check_store, oof_store_paths, open_oof, open_test
 from segfold.probs.writer import StoreWriter
 
 __all__ = [
@@ -36,10 +50,25 @@ __all__ = [
     "StoreView",
     "StoreWriter",
     "batch_scores",
+    "changes",
+    "check_record",
+    "check_store",
+    "checkpoint_entry",
+    "config_hash",
+    "entry_folds",
+    "input_entry",
+    "missing_folds_note",
+    "new_record",
+    "oof_store_paths",
+    "read_record",
+    "rerun_for",
+    "source_ids",
+    "stale",
     "batch_truth",
     "binarize",
     "class_table",
     "competition_metric",
+    "expected_folds",
     "fit_mask",
     "fold_checkpoints",
     "fold_dirs",

@@ -18,6 +18,7 @@ from segfold.config.load import validate_config
 from segfold.errors import TrainingError
 from segfold.models import build_model
 from segfold.probs.outputs import fold_checkpoints
+from segfold.probs.provenance import file_stamp
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -59,12 +60,14 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device = 
     if state.get("preprocessing"):
         model.preprocessing = {key: list(value) if isinstance(value, (list, tuple)) else value
                                for key, value in state["preprocessing"].items()}
+    model.checkpoint_epoch = state.get("epoch")
     return model.to(device).eval(), cfg
 
 
 def load_fold_models(output_dir: str | os.PathLike, checkpoint: str, folds: Sequence[int] | None,
-                     device: torch.device) -> tuple[list[nn.Module], list[int]]:
-    """The trained models of `folds` (every fold found when None), in eval mode, and the folds used.
+                     device: torch.device) -> tuple[list[nn.Module], list[int], list[dict[str, Any]]]:
+    """The trained models of `folds` (every fold found when None), in eval mode, the folds used, and the
+    checkpoints' provenance entries (path, epoch, size and modification time as read).
 
     Raises:
         TrainingError: no fold has a checkpoint, or a requested fold has none.
@@ -76,5 +79,9 @@ def load_fold_models(output_dir: str | os.PathLike, checkpoint: str, folds: Sequ
     if folds is not None and missing:
         raise TrainingError(f"fold(s) {missing} have no {checkpoint} in {output_dir}; train them or drop them "
                             f"from --folds (found: {sorted(paths)})")
-    models = [load_checkpoint_model(path, device)[0] for path in paths.values()]
-    return models, sorted(paths)
+    models, entries = [], []
+    for k, path in sorted(paths.items()):
+        stamp = file_stamp(path)  # NOTE before reading: a checkpoint rewritten meanwhile shows up as changed
+        models.append(load_checkpoint_model(path, device)[0])
+        entries.append({"fold": k, "path": str(Path(path).resolve()), "epoch": models[-1].checkpoint_epoch, **stamp})
+    return models, sorted(paths), entries

@@ -11,10 +11,19 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from segfold.data.folds import folds_path, load_folds
 from segfold.probs.store import store_exists
 
 OOF_NAME = "oof"  # the store name and the folder of the gathered OOF
 TEST_NAME = "test"  # the store name and folder of the test probabilities
+
+
+def expected_folds(cfg) -> tuple[list[int], list[str] | None]:
+    """The fold numbers of the experiment and the training image order (None when there is no folds file)."""
+    if not folds_path(cfg).is_file():  # NOTE never make new folds here: they must be the ones trained on
+        return list(range(cfg.data.folds.n_folds)), None
+    folds = load_folds(cfg, create=False)
+    return sorted(int(k) for k in folds["fold"].unique()), folds["ImageId"].astype(str).tolist()
 
 
 def fold_number(path: str | os.PathLike) -> int | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +51,17 @@ def store_paths(folder: str | os.PathLike, name: str) -> dict[str, Path]:
 
 def _partial(path: Path) -> Path:
     return path.with_name(f".{path.name}{_PARTIAL}")
+
+
+def _failed(path: Path) -> Path:
+    return path.with_name(f".{path.name}.failed")
+
+
+def mark_failed(folder: str | os.PathLike, name: str) -> None:
+    """Leave `.<name>.json.failed` next to a store whose rewrite failed: the store there is an earlier run's."""
+    folder = Path(folder)
+    if folder.is_dir():
+        _failed(store_paths(folder, name)["json"]).write_text(time.strftime("%Y-%m-%d %H:%M:%S") + "\n")
 
 
 def store_exists(folder: str | os.PathLike, name: str) -> bool:
@@ -98,11 +110,12 @@ class ProbStore:
         self._shape: tuple[int, int, int, int] = tuple(int(s) for s in probs.shape)  # type: ignore[assignment]
         self._written = np.zeros(len(image_ids), dtype=bool) if writable else None
         self._row_of: dict[str, int] | None = None
+        self.provenance: dict | None = None  # what the store was made from (segfold.probs.provenance)
 
     # ----------------------------------------------------------------- creation and opening
     @classmethod
     def create(cls, folder: str | os.PathLike, name: str, image_ids: Sequence[str], classes: Sequence[str],
-               height: int, width: int) -> ProbStore:
+               height: int, width: int, provenance: dict | None = None) -> ProbStore:
         """A writable store of `len(image_ids)` rows of `(len(classes), height, width)` probabilities.
 
         Args:
@@ -112,6 +125,7 @@ class ProbStore:
             classes: class names, one per channel.
             height: mask height (the metric / submission resolution).
             width: mask width.
+            provenance: the record of what it is made from, kept in the header (`segfold.probs.provenance`).
         """
         image_ids = [str(i) for i in image_ids]
         classes = [str(c) for c in classes]
@@ -125,7 +139,9 @@ class ProbStore:
         ensure_dir(folder)
         shape = (len(image_ids), len(classes), int(height), int(width))
         probs = open_memmap(_partial(store_paths(folder, name)["npy"]), mode="w+", dtype=np.uint8, shape=shape)
-        return cls(folder, name, image_ids, classes, probs, None, writable=True)
+        store = cls(folder, name, image_ids, classes, probs, None, writable=True)
+        store.provenance = provenance
+        return store
 
     @classmethod
     def open(cls, folder: str | os.PathLike, name: str, mode: str = "r") -> ProbStore:
@@ -155,7 +171,9 @@ class ProbStore:
             cls_probs = np.load(paths["cls"], allow_pickle=False).astype(np.float32)
             if cls_probs.shape != shape[:2]:
                 raise DataError(f"{paths['cls']}: shape {cls_probs.shape}, expected {shape[:2]}; rewrite the store")
-        return cls(Path(folder), name, index["ImageId"].tolist(), classes, probs, cls_probs, writable=False)
+        store = cls(Path(folder), name, index["ImageId"].tolist(), classes, probs, cls_probs, writable=False)
+        store.provenance = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else None
+        return store
 
     # ----------------------------------------------------------------- reading
     @property
@@ -239,7 +257,7 @@ class ProbStore:
             with open(_partial(paths["cls"]), "wb") as handle:
                 np.save(handle, self.cls.astype(np.float32), allow_pickle=False)
         meta = {"classes": self.classes, "shape": list(self._shape), "dtype": "uint8",
-                "scale": SCALE, "has_cls": self.cls is not None}
+                "scale": SCALE, "has_cls": self.cls is not None, "provenance": self.provenance}
         _partial(paths["json"]).write_text(json.dumps(meta, indent=2) + "\n")
         # NOTE: the header goes away first and comes back last, so a reader never pairs an old header
         # with new data; an old-format array of the same name goes too.
@@ -252,14 +270,31 @@ class ProbStore:
         else:
             paths["cls"].unlink(missing_ok=True)
         os.replace(_partial(paths["json"]), paths["json"])
+        _failed(paths["json"]).unlink(missing_ok=True)
         self.writable = False
         return ProbStore.open(self.folder, self.name)
 
     def abort(self) -> None:
-        """Drop a writable store's temporary files (the final files, if any, are untouched)."""
+        """Drop a writable store's temporary files (the final files, if any, are untouched).
+
+        A marker `.<name>.json.failed` says that the store on disk (if any) is not from the latest run.
+        """
         if not self.writable:
             return
         del self.probs
         for path in store_paths(self.folder, self.name).values():
             _partial(path).unlink(missing_ok=True)
+        mark_failed(self.folder, self.name)
         self.writable = False
+
+    def unfinished_run(self) -> str | None:
+        """Why the store may not be from the latest run that wrote it (failed or killed), else None."""
+        paths = store_paths(self.folder, self.name)
+        header = paths["json"].stat().st_mtime if paths["json"].is_file() else 0.0
+        failed = _failed(paths["json"])
+        if failed.is_file() and failed.stat().st_mtime >= header:
+            return f"a later run that rewrote it failed (at {failed.read_text().strip()}), so it is an earlier run's"
+        partial = [_partial(paths[key]) for key in ("npy", "u8")]
+        if any(p.is_file() and p.stat().st_mtime >= header for p in partial):
+            return "a later run that rewrote it did not finish (killed, or still running), so it is an earlier run's"
+        return None

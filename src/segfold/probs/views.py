@@ -7,6 +7,7 @@ number of folds; fold 0 alone is enough).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from segfold.errors import DataError
-from segfold.probs.outputs import OOF_NAME, TEST_NAME, fold_dirs
-from segfold.probs.store import ProbStore, store_exists
+from segfold.probs.outputs import OOF_NAME, TEST_NAME, fold_checkpoints, fold_dirs
+from segfold.probs.provenance import changes, input_entry, missing_folds_note, rerun_for, stale
+from segfold.probs.store import ProbStore, store_exists, store_paths
+
+logger = logging.getLogger(__name__)
 
 
 class StoreView:
@@ -49,6 +53,7 @@ class StoreView:
                     raise DataError(f"image {image_id!r} is in both {other.folder}/{other.name} and "
                                     f"{store.folder}/{store.name}; each image belongs to one fold's OOF")
                 seen[image_id] = k
+        self.folds: list[int] | None = None  # the folds whose models made it, where known
         self._starts = np.cumsum([0] + [len(s) for s in stores])
         self.shape = (len(self.image_ids), len(self.classes), *first.shape[2:])
         if all(s.cls is not None for s in stores):
@@ -81,26 +86,109 @@ class StoreView:
         """ImageId -> row."""
         return {image_id: row for row, image_id in enumerate(self.image_ids)}
 
+    def input_entries(self) -> list[dict]:
+        """The stores as inputs of what a stage makes from them (`segfold.probs.provenance.input_entry`)."""
+        return [input_entry(store_paths(s.folder, s.name)["json"], s.provenance) for s in self.stores]
 
-def open_oof(output_dir: str | os.PathLike) -> StoreView:
+
+def check_store(store: ProbStore, stage: str, allow_stale: bool = False) -> None:
+    """StaleError (a warning with `allow_stale`) when the store no longer matches what it was made from:
+    a checkpoint or input rewritten since, or a later run that rewrote it failed or was killed."""
+    reasons = changes(store.provenance)
+    unfinished = store.unfinished_run()
+    if unfinished:
+        reasons.insert(0, unfinished)
+    stale(f"{store.folder / store.name}.*", reasons, rerun_for(store.provenance, stage), allow_stale)
+
+
+def _warn_missing(what: str, used: Sequence[int] | None, expected: Sequence[int] | None) -> None:
+    note = missing_folds_note(used, expected) if used is not None and expected is not None else None
+    if note:
+        logger.warning("warning: %s: %s", what, note)
+
+
+def open_oof(output_dir: str | os.PathLike, allow_stale: bool = False,
+             expected_folds: Sequence[int] | None = None) -> StoreView:
     """The OOF of an experiment: the gathered `oof/oof.*`, else every `fold<k>/oof.*` found.
+
+    Args:
+        output_dir: `outputs/<experiment>`.
+        allow_stale: warn instead of failing when the OOF no longer matches its checkpoints / inputs.
+        expected_folds: the experiment's folds; a warning names those the OOF lacks.
 
     Raises:
         DataError: neither exists.
+        StaleError: a fold's checkpoint changed since its OOF was written; the gathered OOF lacks fold
+            stores written since, or one of its fold stores was rewritten; a later run failed.
     """
     output_dir = Path(output_dir)
+    folds = fold_dirs(output_dir, with_store=OOF_NAME)
+    for folder in folds.values():
+        check_store(ProbStore.open(folder, OOF_NAME), "train", allow_stale)
     if store_exists(output_dir / OOF_NAME, OOF_NAME):
-        return StoreView([ProbStore.open(output_dir / OOF_NAME, OOF_NAME)], str(output_dir / OOF_NAME))
-    folds = list(fold_dirs(output_dir, with_store=OOF_NAME).values())
-    if not folds:
-        raise DataError(f"no OOF probabilities under {output_dir}: expected {output_dir}/oof/oof.json "
-                        f"(scripts/oof.py) or {output_dir}/fold<k>/oof.json (scripts/train.py); train a fold first")
-    return StoreView([ProbStore.open(p, OOF_NAME) for p in folds], ", ".join(str(p) for p in folds))
+        store = ProbStore.open(output_dir / OOF_NAME, OOF_NAME)
+        check_store(store, "oof", allow_stale)
+        stale(f"{output_dir / OOF_NAME / OOF_NAME}.*", _unread_folds(store, folds), "scripts/oof.py", allow_stale)
+        view = StoreView([store], str(output_dir / OOF_NAME))
+        view.folds = (store.provenance or {}).get("folds")
+    else:
+        if not folds:
+            raise DataError(f"no OOF probabilities under {output_dir}: expected {output_dir}/oof/oof.json "
+                            f"(scripts/oof.py) or {output_dir}/fold<k>/oof.json (scripts/train.py); train a fold "
+                            "first")
+        view = StoreView([ProbStore.open(p, OOF_NAME) for p in folds.values()],
+                         ", ".join(str(p) for p in folds.values()))
+        view.folds = list(folds)
+    _warn_missing(f"the OOF of {output_dir}", view.folds, expected_folds)
+    return view
 
 
-def open_test(output_dir: str | os.PathLike) -> StoreView:
-    """The test probabilities of an experiment, `test/test.*` (DataError when missing)."""
-    folder = Path(output_dir) / TEST_NAME
+def oof_store_paths(output_dir: str | os.PathLike) -> list[Path]:
+    """The headers of the stores `open_oof` reads now: the gathered OOF's, else every fold's."""
+    output_dir = Path(output_dir)
+    if store_exists(output_dir / OOF_NAME, OOF_NAME):
+        return [store_paths(output_dir / OOF_NAME, OOF_NAME)["json"]]
+    return [store_paths(p, OOF_NAME)["json"] for p in fold_dirs(output_dir, with_store=OOF_NAME).values()]
+
+
+def _unread_folds(gathered: ProbStore, folds: dict[int, Path]) -> list[str]:
+    """Fold stores on disk that a gathered OOF was not made from (written after it, or left out)."""
+    record = gathered.provenance
+    if record is None:  # written before records: compare times
+        made = store_paths(gathered.folder, gathered.name)["json"].stat().st_mtime
+        newer = [k for k, p in folds.items() if store_paths(p, OOF_NAME)["json"].stat().st_mtime > made]
+        return [f"fold(s) {newer} wrote their OOF after it was gathered"] if newer else []
+    if record.get("stage") != "oof":
+        return []
+    read = {Path(entry["path"]) for entry in record.get("inputs", [])}
+    unread = [k for k, p in folds.items() if store_paths(p, OOF_NAME)["json"].resolve() not in read]
+    if not unread:
+        return []
+    return [f"fold(s) {unread} have OOF stores it does not hold (it was gathered from folds {record.get('folds')})"]
+
+
+def open_test(output_dir: str | os.PathLike, allow_stale: bool = False) -> StoreView:
+    """The test probabilities of an experiment, `test/test.*`.
+
+    Raises:
+        DataError: there is none.
+        StaleError: (a warning with `allow_stale`) a checkpoint it was predicted with changed or is gone, a
+            fold has a checkpoint now that the store, predicted with every fold, lacks, or a later
+            `scripts/predict.py` failed or was killed.
+    """
+    output_dir = Path(output_dir)
+    folder = output_dir / TEST_NAME
     if not store_exists(folder, TEST_NAME):
         raise DataError(f"no test probabilities in {folder} (expected {folder}/test.json): run scripts/predict.py")
-    return StoreView([ProbStore.open(folder, TEST_NAME)], str(folder))
+    store = ProbStore.open(folder, TEST_NAME)
+    check_store(store, "predict", allow_stale)
+    record = store.provenance or {}
+    if record.get("stage") == "predict" and record.get("requested") == "all":
+        found, _ = fold_checkpoints(output_dir, record.get("checkpoint", "best.pt"))
+        new = sorted(set(found) - set(record.get("folds", [])))
+        stale(f"{folder / TEST_NAME}.*", [f"fold(s) {new} have a {record.get('checkpoint', 'best.pt')} now but it was "
+                                          f"predicted with folds {record.get('folds')} only"] if new else [],
+              "scripts/predict.py", allow_stale)
+    view = StoreView([store], str(folder))
+    view.folds = record.get("folds")
+    return view

@@ -20,7 +20,7 @@ import torch
 
 from segfold.errors import DataError
 from segfold.probs.convert import resize_probs
-from segfold.probs.store import ProbStore
+from segfold.probs.store import ProbStore, mark_failed
 
 
 class StoreWriter:
@@ -33,14 +33,16 @@ class StoreWriter:
         classes: class names.
         size: the store's `(height, width)`; None: the first image's own size (`sizes` of `add`),
             which every image must then share.
+        provenance: what the store is made from (`segfold.probs.provenance.new_record`), kept in its header.
     """
 
     def __init__(self, folder: str | os.PathLike, name: str, image_ids: Sequence[str], classes: Sequence[str],
-                 size: Sequence[int] | None = None) -> None:
+                 size: Sequence[int] | None = None, provenance: dict | None = None) -> None:
         self.folder, self.name = Path(folder), name
         self.image_ids, self.classes = list(image_ids), list(classes)
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.fixed = size is not None
+        self.provenance = provenance
         self.row = 0
         self._store: ProbStore | None = None
         self.store: ProbStore | None = None  # the finalized store, read-only
@@ -60,7 +62,8 @@ class StoreWriter:
                 if not sizes:
                     raise ValueError("StoreWriter without a size needs the images' sizes")
                 self.size = (int(sizes[0][0]), int(sizes[0][1]))
-            self._store = ProbStore.create(self.folder, self.name, self.image_ids, self.classes, *self.size)
+            self._store = ProbStore.create(self.folder, self.name, self.image_ids, self.classes, *self.size,
+                                           provenance=self.provenance)
         if not self.fixed and sizes is not None:
             bad = next((i for i, s in enumerate(sizes) if tuple(int(v) for v in s) != self.size), None)
             if bad is not None:
@@ -81,6 +84,8 @@ class StoreWriter:
         if kind is not None:
             if self._store is not None:
                 self._store.abort()
+            else:
+                mark_failed(self.folder, self.name)
             return
         if self._store is None:
             raise DataError(f"no images to write into the '{self.name}' store in {self.folder}")

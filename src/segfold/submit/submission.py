@@ -26,9 +26,9 @@ import pandas as pd
 from segfold.data import rle
 from segfold.data.formats import Annotations, read_test_labels
 from segfold.errors import DataError
-from segfold.io import atomic_path
+from segfold.io import atomic_path, write_json_atomic
 from segfold.postprocess import apply_postprocess_batch, postprocess_for
-from segfold.probs import TEST_NAME, ProbStore, score_masks, truth_masks
+from segfold.probs import input_entry, new_record, open_test, score_masks, truth_masks
 
 ENCODED = "EncodedPixels"
 
@@ -170,6 +170,9 @@ def validate_submission(frame: pd.DataFrame, sample: pd.DataFrame, layout: Layou
     order; every RLE well-formed and inside a `shape` image (`build_submission` has already checked
     that each decodes to its mask).
     """
+    if not len(sample):
+        raise DataError("the sample submission has no rows, so the submission would have none; check "
+                        "data.sample_submission (a header-only file?)")
     if tuple(frame.columns) != layout.header:
         raise DataError(f"submission header {','.join(map(str, frame.columns))} differs from the sample's "
                         f"{','.join(layout.header)}")
@@ -257,13 +260,17 @@ def score_submission(frame: pd.DataFrame, layout: Layout, classes: Sequence[str]
     return {key: result[key] for key in ("score", "class_dice", "table")}
 
 
-def make_submission(cfg: Any, labels: str | os.PathLike | None = None) -> dict[str, Any]:
+def make_submission(cfg: Any, labels: str | os.PathLike | None = None, allow_stale: bool = False) -> dict[str, Any]:
     """Post-process the test store, encode, validate and write `outputs/<exp>/submission.csv`.
+
+    What it was made from (the test store, `thresholds.json`, the sample) goes to `submission.json`.
 
     Args:
         cfg: the experiment config (`data` says where the sample submission is and how RLE is written).
         labels: a labels file of the test images (the demo's `test_labels.csv`), in the training CSV's
             format, to score the submission with.
+        allow_stale: warn instead of failing when the test store or `thresholds.json` no longer match
+            the checkpoints / OOF on disk (`segfold.probs.provenance`).
 
     Returns:
         `{"path", "rows", "postprocess" (where the rules came from), "non_empty"}` and, with `labels`,
@@ -271,7 +278,8 @@ def make_submission(cfg: Any, labels: str | os.PathLike | None = None) -> dict[s
     """
     data = cfg.data
     out_dir = cfg.experiment.output_dir
-    store = ProbStore.open(out_dir / TEST_NAME, TEST_NAME)
+    view = open_test(out_dir, allow_stale=allow_stale)
+    store = view.stores[0]
     if list(store.classes) != list(data.classes):
         raise DataError(f"{out_dir / 'test'}: the test store has classes {store.classes} but data.classes is "
                         f"{data.classes}; rerun scripts/predict.py")
@@ -286,7 +294,7 @@ def make_submission(cfg: Any, labels: str | os.PathLike | None = None) -> dict[s
     if missing:
         raise DataError(f"{len(missing)} image(s) of {sample_path.name} are not in the test store "
                         f"{out_dir / 'test'} (e.g. {missing[0]!r}); rerun scripts/predict.py")
-    params, source = postprocess_for(cfg, store.classes)
+    params, source = postprocess_for(cfg, store.classes, allow_stale=allow_stale)
 
     def masks_of(image_ids: list[str]) -> np.ndarray:
         rows = np.array([store.row_of(image_id) for image_id in image_ids], dtype=np.int64)
@@ -297,6 +305,10 @@ def make_submission(cfg: Any, labels: str | os.PathLike | None = None) -> dict[s
     shape = store.shape[2:]
     validate_submission(frame, sample, layout, shape)
     path = write_submission(frame, out_dir / "submission.csv")
+    inputs = view.input_entries() + ([input_entry(source)] if source != "config" else [])
+    write_json_atomic(out_dir / "submission.json", {"provenance": new_record(
+        "make_submission", cfg, inputs=inputs, folds=view.folds, sample=str(sample_path), rows=len(frame),
+        postprocess=source)})
     empty = frame[ENCODED].astype(str).str.strip().isin(["", "-1"])
     result: dict[str, Any] = {"path": str(path), "rows": len(frame), "postprocess": source,
                               "non_empty": int((~empty).sum())}

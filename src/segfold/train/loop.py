@@ -35,7 +35,9 @@ from segfold.probs import (
     StoreWriter,
     batch_scores,
     batch_truth,
+    checkpoint_entry,
     load_checkpoint,
+    new_record,
     probabilities,
     resize_probs,
 )
@@ -384,12 +386,16 @@ class FoldRun:
         """The fold's OOF (`fold<k>/oof.*`: its validation images at the metric resolution) from the weights
         in `best.pt` (loaded into the model: training is over), with the aux head's class probabilities."""
         cfg, data = self.cfg, self.data
+        entry = checkpoint_entry(self.fold_dir / "best.pt", self.fold, None)  # NOTE stamped before it is read
         best = load_checkpoint(self.fold_dir / "best.pt", map_location=self.info.device)
+        entry["epoch"] = int(best["epoch"])
+        record = new_record("train", cfg, checkpoints=[entry], folds=[self.fold], tta="none")
         self.model.load_state_dict(best["model"])
         self.model.eval()
         loader = DataLoader(data.valid_dataset, batch_size=cfg.train.valid_batch_size or cfg.train.batch_size,
                             shuffle=False, num_workers=cfg.train.num_workers)
-        with StoreWriter(self.fold_dir, OOF_NAME, data.valid_ids, cfg.data.classes, data.metric_size) as writer:
+        with StoreWriter(self.fold_dir, OOF_NAME, data.valid_ids, cfg.data.classes, data.metric_size,
+                         provenance=record) as writer:
             for batch in loader:
                 out = unpack_outputs(self.model(self.trainer.to_device(batch)[0]))
                 labels = out.labels.float().sigmoid() if out.labels is not None else None
