@@ -19,7 +19,7 @@ from segfold.data.images import read_image, resize_image
 from segfold.errors import DataError
 from segfold.io import atomic_path
 from segfold.oof.gather import SCORES_FILE
-from segfold.probs import OOF_NAME, ProbStore, binarize, truth_masks
+from segfold.probs import OOF_NAME, ProbStore, binarize, check_store, truth_masks
 
 TRUTH_COLOR = np.array([0.1, 0.9, 0.2])
 PRED_COLOR = np.array([1.0, 0.2, 0.1])
@@ -90,6 +90,7 @@ def visualize_oof(cfg: Any, count: int = 4, out_dir: str | Path | None = None) -
         raise DataError(f"{scores_path} not found: run scripts/oof.py --config <your config> first")
     scores = pd.read_csv(scores_path, dtype={"ImageId": str}, keep_default_na=False)
     store = ProbStore.open(out / OOF_NAME, OOF_NAME)
+    check_store(store, "oof", allow_stale=True)  # a picture of a stale OOF is still a picture: warn only
     ranked = scores.sort_values("score", kind="stable")
     picks = [("worst", ranked.head(count)), ("best", ranked.tail(count).iloc[::-1])]
     annotations = read_train(cfg.data)
