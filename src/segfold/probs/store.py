@@ -58,9 +58,10 @@ def _failed(path: Path) -> Path:
 
 
 def mark_failed(folder: str | os.PathLike, name: str) -> None:
-    """Leave `.<name>.json.failed` next to a store whose rewrite failed: the store there is an earlier run's."""
+    """Leave `.<name>.json.failed` next to a store whose rewrite failed: the store there is an earlier run's
+    (nothing when there is no store)."""
     folder = Path(folder)
-    if folder.is_dir():
+    if store_exists(folder, name):
         _failed(store_paths(folder, name)["json"]).write_text(time.strftime("%Y-%m-%d %H:%M:%S") + "\n")
 
 
