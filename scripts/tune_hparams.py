@@ -1,7 +1,9 @@
-"""Optuna hyper-parameter search: `python scripts/tune_hparams.py --config C --trials N [--storage URL] [--study NAME]`.
+"""Optuna hyper-parameter search: `python scripts/tune_hparams.py --config C --trials N [--workers N] [--storage URL]`.
 
-Run the same command in several terminals (or machines, with a shared PostgreSQL/MySQL URL) to search in
-parallel; rerun it to resume. At the end the best values are written as a config that train.py accepts.
+`--workers N` runs N trials at a time on this machine, each worker with its share of the cores (their
+threads add up to the cores; several separate commands on one machine would each take all of them).
+Several machines share one study through a PostgreSQL/MySQL `--storage` URL, each running the command.
+Rerun it to resume. At the end the best values are written as a config that train.py accepts.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage", default=None, help="RDB URL shared by workers (default: SQLite under outputs/)")
     parser.add_argument("--study", default=None, help="study name (default '<experiment>-search')")
     parser.add_argument("--best-config", default=None, help="where to write the best config YAML")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes on this machine sharing the study and the cores (default 1)")
     parser.add_argument("--fresh", action="store_true", help="delete the study first instead of resuming it")
     return parser.parse_args(argv)
 
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.fresh:
         hparams.remove_study(cfg)
-    study = hparams.run_search(cfg, trials=args.trials)
+    study = hparams.run_workers(cfg, args.workers, trials=args.trials)
     print(f"study '{study.study_name}' ({hparams.storage_url(cfg)}): {hparams.summarize(study)}")
     path = hparams.write_best_config(cfg, study, args.best_config)
     print(f"best score {study.best_value:.5f} with {study.best_trial.params}")

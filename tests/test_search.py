@@ -161,3 +161,48 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert sorted(t.number for t in real) == list(range(6))
     assert len(ran) == 6  # no trial ran twice, none was lost
     assert all(out.count("score") >= 1 for out in outputs), "both workers ran trials"
+
+
+def recording_train(cfg, fold, epoch_callback=None):
+    """A trainer for worker processes (module level, so spawn can import it): notes where it ran, then scores.
+
+    Each call waits (60 s at most) until calls from two processes have started, so both workers run trials
+    however unevenly they start.
+    """
+    import json
+    import os
+    import time
+    from pathlib import Path
+
+    from segfold import cores
+
+    folder = Path(cfg.experiment.output_root).parent / "calls"
+    folder.mkdir(exist_ok=True)
+    (folder / f"started-{os.getpid()}").touch()
+    deadline = time.monotonic() + 60
+    while len(list(folder.glob("started-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    record = {"pid": os.getpid(), "processes": os.environ.get(cores.PROCESSES_VAR), "share": cores.core_share(),
+              "lr": cfg.optim.lr}
+    (folder / f"{cfg.experiment.name}.json").write_text(json.dumps(record))
+    return {"best_score": -abs(math.log10(cfg.optim.lr) + 2.0)}
+
+
+@pytest.mark.slow
+def test_run_workers_starts_workers_that_share_the_cores_and_the_study(tmp_path, monkeypatch):
+    import json
+
+    from segfold import cores
+
+    monkeypatch.delenv(cores.PROCESSES_VAR, raising=False)
+    cfg = make_cfg(tmp_path, trials=6, pruner="none", sampler="random")
+    study = hparams.run_workers(cfg, 2, train_fn=recording_train, log=lambda _: None)
+    real = [t for t in study.trials if not t.user_attrs.get("surplus")]
+    assert len(real) == 6 and all(t.state == TrialState.COMPLETE for t in real)
+    calls = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "s" / "search" / "calls").glob("*.json"))]
+    assert len(calls) == 6
+    assert {c["processes"] for c in calls} == {"2"}
+    assert {c["share"] for c in calls} == {max(1, cores.machine_cores() // 2)}
+    assert len({c["pid"] for c in calls}) == 2  # two worker processes, neither of them this one
+    assert len({c["lr"] for c in calls}) == 6  # workers asking at the same moment still draw different values
+    assert cores.PROCESSES_VAR not in __import__("os").environ  # the parent's environment is left as it was

@@ -652,3 +652,14 @@ def test_pretrained_lite_weights_normalise_training_and_are_recorded(tiny_data, 
     with torch.no_grad():
         probs = model(x[None]).sigmoid()
     assert np.abs(store.read(0) - probs[0].numpy()).max() <= 1 / 255 + 1e-3
+
+
+def test_progress_written_to_a_file_is_one_line_per_epoch(tiny_data, tmp_path, capfd):
+    from segfold.train import train
+
+    cfg = tiny_config(tiny_data, tmp_path, train={"progress": True, "write_oof": False})
+    train(cfg, 0)
+    out, err = capfd.readouterr()  # stdout and stderr are pipes here, not terminals
+    assert "\r" not in out + err
+    epochs = [line for line in out.splitlines() if line.startswith("fold 0 epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["fold 0 epoch 1/2", "fold 0 epoch 2/2"]

@@ -112,7 +112,8 @@ The positive-share sampler is set in the data section (`data.sampler.positive_sh
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(8, ge=1)
     valid_batch_size: int | None = Field(None, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader workers; auto: from the machine's cores (segfold.cores.default_loader_workers)")
     accumulate_steps: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -135,6 +136,9 @@ The positive-share sampler is set in the data section (`data.sampler.positive_sh
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.num_workers != "auto" and self.num_workers < 0:
+            raise ValueError(f"train.num_workers = {self.num_workers}: use 0 (load in the training process), "
+                             "a positive number of DataLoader workers, or auto")
         if self.freeze_encoder_epochs >= self.epochs:
             raise ValueError(
                 f"train.freeze_encoder_epochs = {self.freeze_encoder_epochs} must be smaller than "

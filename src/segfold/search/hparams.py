@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import multiprocessing
+import os
 import shutil
 import time
 import warnings
@@ -25,8 +27,10 @@ from optuna.trial import TrialState
 
 from segfold.config import Config, config_to_dict, validate_config
 from segfold.config.search import ParamSpec
+from segfold.cores import PROCESSES_VAR, core_share, machine_cores
 from segfold.errors import ConfigError, TrainingError
 from segfold.io import atomic_path, ensure_dir, write_text_atomic
+from segfold.logs import setup_logging
 from segfold.train import train
 
 logger = logging.getLogger(__name__)
@@ -122,13 +126,13 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def make_sampler(cfg: Config, offset: int) -> optuna.samplers.BaseSampler:
-    """A sampler seeded from the experiment seed and the number of trials already in the study.
+def make_sampler(cfg: Config, offset: int, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """A sampler seeded from the experiment seed, the number of trials already in the study and the worker.
 
-    NOTE: re-seeding per trial keeps a single worker reproducible while two workers started together
-    do not draw the same values (each sees a different trial count when it asks).
+    NOTE: re-seeding per trial keeps a single worker reproducible; workers started together can see the
+    same trial count when they ask, so the worker number enters the seed too (worker 0: as alone).
     """
-    seed = cfg.experiment.seed + offset
+    seed = cfg.experiment.seed + offset + 7919 * worker
     if cfg.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, cfg.search.trials // 4))
@@ -217,13 +221,15 @@ def _objective(cfg: Config, train_fn: TrainFn) -> Callable[[optuna.Trial], float
     return objective
 
 
-def run_search(cfg: Config, trials: int | None = None, train_fn: TrainFn | None = None) -> optuna.Study:
+def run_search(cfg: Config, trials: int | None = None, train_fn: TrainFn | None = None,
+               worker: int = 0) -> optuna.Study:
     """Run trials until the study holds `search.trials` of them (all workers together), then return it.
 
     Args:
         cfg: the experiment config with its `search` section.
         trials: overrides `search.trials`.
         train_fn: `train(cfg, fold, epoch_callback=...) -> {"best_score": ...}`; the real trainer by default.
+        worker: this worker's number among those started together (seeds its sampler apart).
     """
     if trials is not None:
         cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": trials})})
@@ -232,13 +238,73 @@ def run_search(cfg: Config, trials: int | None = None, train_fn: TrainFn | None 
     objective = _objective(cfg, train_fn if train_fn is not None else train)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     while budget_used(study) < cfg.search.trials:
-        study.sampler = make_sampler(cfg, len(study.get_trials(deepcopy=False)))
+        study.sampler = make_sampler(cfg, len(study.get_trials(deepcopy=False)), worker)
         study.optimize(objective, n_trials=1, catch=(_SurplusTrial, TrainingError, MemoryError, RuntimeError),
                        gc_after_trial=True)
         last = study.get_trials(deepcopy=False)[-1]
         if last.user_attrs.get("surplus"):
             break
     return study
+
+
+def _worker_main(cfg: Config, trials: int | None, train_fn: TrainFn | None, worker: int, verbosity: int) -> None:
+    """One worker process of `run_workers` (module level: the spawn start method imports it)."""
+    setup_logging(verbosity)
+    run_search(cfg, trials=trials, train_fn=train_fn, worker=worker)
+
+
+def _verbosity() -> int:
+    """This process's `segfold` log level as `setup_logging`'s verbosity, for the workers."""
+    level = logging.getLogger("segfold").getEffectiveLevel()
+    return -1 if level >= logging.WARNING else 1 if level <= logging.DEBUG else 0
+
+
+def run_workers(cfg: Config, workers: int, trials: int | None = None,
+                train_fn: TrainFn | None = None) -> optuna.Study:
+    """`run_search` in `workers` processes on this machine sharing the study, each with its share of the cores.
+
+    The workers learn how many they are through `SEGFOLD_LOCAL_PROCESSES`, so each trial's torch threads
+    and DataLoader workers take `cores // workers` (segfold.cores) and all of them add up to the machine.
+    One worker runs in this process. Returns the study once every worker has finished.
+
+    Raises:
+        TrainingError: a worker process died (its exit code is named).
+    """
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: start at least one worker")
+    if workers == 1:
+        return run_search(cfg, trials=trials, train_fn=train_fn)
+    if trials is not None:
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"trials": trials})})
+    check_space(cfg)
+    open_study(cfg)  # NOTE: made here once, so the workers do not race to create the storage's tables
+    context = multiprocessing.get_context("spawn")  # NOTE: fork after torch's threads started is unsafe
+    previous = os.environ.get(PROCESSES_VAR)
+    os.environ[PROCESSES_VAR] = str(workers)
+    try:
+        procs = [context.Process(target=_worker_main,
+                                 args=(cfg, None, train_fn, index, _verbosity()), name=f"worker{index}")
+                 for index in range(workers)]
+        for proc in procs:
+            proc.start()
+        logger.info("%d workers on this machine (%d cores, %d each)", workers, machine_cores(), core_share())
+    finally:
+        if previous is None:
+            os.environ.pop(PROCESSES_VAR, None)
+        else:
+            os.environ[PROCESSES_VAR] = previous
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.terminate()
+        raise
+    failed = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(procs) if p.exitcode != 0]
+    if failed:
+        raise TrainingError(f"{', '.join(failed)} stopped with an error (see its output above); rerun the command "
+                            "to resume the study")
+    return open_study(cfg)
 
 
 def summarize(study: optuna.Study) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset, get_worker_info
 
+from segfold.cores import resolve_loader_workers, worker_threads
 from segfold.data.dataset import SegmentationDataset
 from segfold.data.demo import ensure_demo_data
 from segfold.data.folds import load_folds
@@ -41,6 +42,7 @@ def _seed_worker(worker_id: int) -> None:
     transforms = getattr(info.dataset, "transforms", None) if info is not None else None
     if transforms is not None and hasattr(transforms, "set_random_seed"):
         transforms.set_random_seed(info.seed % 2**32)
+    worker_threads()
 
 
 @dataclass
@@ -58,6 +60,7 @@ class FoldData:
     valid_ids: list[str]
     metric_size: tuple[int, int]
     num_batches: int
+    loader_workers: int = 0
 
     def set_epoch(self, seed: int, epoch: int, rank: int) -> None:
         """Fix this epoch's order and augmentations from `(seed, epoch, rank)`."""
@@ -133,7 +136,7 @@ def build_fold_data(cfg: Any, fold: int, info: DistInfo, mean: list[float], std:
         sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     generator = torch.Generator()
     pin = info.device.type == "cuda"
-    workers = cfg.train.num_workers
+    workers = resolve_loader_workers(cfg.train.num_workers, batch_size, info.device.type)
     # NOTE a last batch of one image breaks BatchNorm in training mode: drop it (only it).
     drop_last = len(sampler) % batch_size == 1 and len(sampler) > 1
     train_loader = DataLoader(
@@ -151,4 +154,4 @@ def build_fold_data(cfg: Any, fold: int, info: DistInfo, mean: list[float], std:
         shuffle=False, num_workers=workers, pin_memory=pin,
     )
     return FoldData(train_ds, train_loader, sampler, generator, valid_ds, valid_loader, annotations, train_ids,
-                    valid_ids, resolve_metric_size(cfg.data, annotations, valid_ids), num_batches)
+                    valid_ids, resolve_metric_size(cfg.data, annotations, valid_ids), num_batches, workers)

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from segfold.config.load import config_to_dict, save_config
+from segfold.cores import apply_threads
 from segfold.encoders import get_preprocessing_params
 from segfold.errors import TrainingError
 from segfold.io import ensure_dir, write_json_atomic
@@ -140,6 +142,16 @@ def train_folds(cfg: Any, folds: Sequence[int], resume: bool = False, overwrite:
     return results
 
 
+def show_progress(wanted: bool, stream: Any = None) -> bool:
+    """Whether to draw a progress bar: wanted, and the stream is a terminal.
+
+    NOTE: written to a log file, a bar is one carriage-return update per batch; there the epoch's summary
+    line (printed anyway) is the progress report.
+    """
+    stream = sys.stderr if stream is None else stream
+    return wanted and hasattr(stream, "isatty") and stream.isatty()
+
+
 class FoldRun:
     """Everything one fold's training holds: data, model, EMA, optimizer, schedule, tracker."""
 
@@ -151,6 +163,7 @@ class FoldRun:
         # the data first: a wrong path fails before any model is built
         norm = get_preprocessing_params(cfg.model.encoder_name, cfg.model.encoder_weights)
         self.data: FoldData = build_fold_data(cfg, fold, info, list(norm["mean"]), list(norm["std"]))
+        self.threads = apply_threads(self.data.loader_workers)
         seed_everything(cfg.experiment.seed)
         model = build_model(cfg.model, len(cfg.data.classes))
         loaded = model.pretrained_cfg  # the normalisation of the weights the encoder actually loaded
@@ -243,7 +256,7 @@ class FoldRun:
         self._set_frozen(epoch <= cfg.train.freeze_encoder_epochs)
         data.set_epoch(cfg.experiment.seed, epoch, info.rank)
         bar = tqdm(total=data.num_batches, desc=f"fold {self.fold} epoch {epoch}/{cfg.train.epochs}", leave=False,
-                   disable=not (info.is_main and cfg.train.progress), dynamic_ncols=True)
+                   disable=not show_progress(info.is_main and cfg.train.progress), dynamic_ncols=True)
         start = time.perf_counter()
         with bar:
             stats = self.trainer.train_epoch(data.train_loader, epoch, data.num_batches, bar,
@@ -393,7 +406,7 @@ class FoldRun:
         self.model.load_state_dict(best["model"])
         self.model.eval()
         loader = DataLoader(data.valid_dataset, batch_size=cfg.train.valid_batch_size or cfg.train.batch_size,
-                            shuffle=False, num_workers=cfg.train.num_workers)
+                            shuffle=False, num_workers=self.data.loader_workers)
         with StoreWriter(self.fold_dir, OOF_NAME, data.valid_ids, cfg.data.classes, data.metric_size,
                          provenance=record) as writer:
             for batch in loader:
