@@ -100,15 +100,18 @@ def test_coordinate_table_with_at_least_one_equals_brute_force(tmp_path):
     assert result.score == pytest.approx(brute_score(store, truth, result.params, "dice_pairs").mean(), abs=1e-12)
 
 
-def test_every_rule_scored_from_histograms_matches_brute_force(tmp_path):
+@pytest.mark.parametrize("with_hist", [False, True], ids=["every-image", "images-above-the-cutoff"])
+def test_every_rule_scored_from_histograms_matches_brute_force(tmp_path, with_hist):
     store, truth = make_oof(tmp_path, n=12, seed=7)
     source = StoreView([store])
     rng = np.random.default_rng(1)
     for one_class in (False, True):
         hist = collect_histograms(source, truth.__getitem__, one_class)
-        components = ComponentCache(source, truth.__getitem__, None, one_class)
+        components = ComponentCache(source, truth.__getitem__, None, one_class, hist if with_hist else None)
         for _ in range(15):
-            rules = tuple(ClassRules(threshold=float(rng.choice([0.3, 0.5, 0.7])), min_area=int(rng.integers(0, 30)),
+            # 0.95: most images have no pixel above it (the cache skips them); min_area 0 / 1: nothing dropped
+            rules = tuple(ClassRules(threshold=float(rng.choice([0.3, 0.5, 0.7, 0.95])),
+                                     min_area=int(rng.choice([0, 1, *rng.integers(2, 30, 3)])),
                                      area_mode=str(rng.choice(["total", "component"])),
                                      top=None if rng.random() < 0.5 else float(rng.random()),
                                      min_count=int(rng.integers(0, 20)),
@@ -117,6 +120,30 @@ def test_every_rule_scored_from_histograms_matches_brute_force(tmp_path):
             params = PostprocessParams(("a", "b"), rules, bool(rng.random() < 0.5), one_class)
             expected = brute_score(store, truth, params, "dice_pairs").mean()
             assert evaluate(hist, params, "dice_pairs", 1.0, components) == pytest.approx(expected, abs=1e-12)
+
+
+def test_component_cache_of_a_sub_sample_matches_its_rows(tmp_path):
+    store, truth = make_oof(tmp_path, n=12, seed=3)
+    source = StoreView([store])
+    rows = np.array([1, 4, 5, 10])
+    hist = collect_histograms(source, truth.__getitem__)
+    whole = ComponentCache(source, truth.__getitem__, None, False, hist)
+    part = ComponentCache(source, truth.__getitem__, rows, False, hist.subset(rows))
+    for c, cutoff, area in [(0, 100, 5), (1, 60, 12), (1, 200, 2)]:
+        pred, tp = whole.stats(c, cutoff, area)
+        assert [a.tolist() for a in part.stats(c, cutoff, area)] == [pred[rows].tolist(), tp[rows].tolist()]
+    with pytest.raises(ValueError, match="histograms of 12 images for a cache of 4 rows"):
+        ComponentCache(source, truth.__getitem__, rows, False, hist)
+
+
+def test_oof_reads_equal_the_stores_rows(tmp_path):
+    first, _ = make_oof(tmp_path / "f0", n=5, seed=1)
+    second, _ = make_oof(tmp_path / "f1", n=4, seed=2, start=5)
+    source = StoreView([ProbStore.open(tmp_path / "f0", "oof"), ProbStore.open(tmp_path / "f1", "oof")])
+    everything = np.concatenate([np.asarray(first.probs), np.asarray(second.probs)])
+    rows = np.array([7, 0, 4, 5, 8, 2])  # across both stores, out of order
+    assert np.array_equal(source.read_u8(rows), everything[rows])
+    assert np.array_equal(source.read_u8(rows, channel=1), everything[rows, 1])
 
 
 def test_chunked_reading_gives_the_same_histograms(tmp_path, monkeypatch):

@@ -197,7 +197,7 @@ def score_table(sources: dict[str, Any], truth_fn: TruthFn, params: PostprocessP
     table = []
     for name, source in sources.items():
         hist = collect_histograms(source, truth_fn, params.one_class_per_pixel)
-        components = ComponentCache(source, truth_fn, None, params.one_class_per_pixel)
+        components = ComponentCache(source, truth_fn, None, params.one_class_per_pixel, hist)
         grid = grid_search(hist, params.total_area(), metric, thresholds, min_areas, empty_score)
         table.append({"name": name, "config_rules": evaluate(hist, params, metric, empty_score, components),
                       "grid_tuned": grid.score})

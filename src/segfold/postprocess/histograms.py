@@ -17,13 +17,17 @@ For one class these are `segfold.metrics.competition`'s scores; that module scor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from segfold.cores import threads_per_process
 from segfold.errors import DataError
 from segfold.postprocess.rules import ClassRules, PostprocessParams, u8_cutoff
 from segfold.probs import StoreView, read_truth
@@ -102,32 +106,78 @@ def value_counts(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
     return np.bincount((values if mask is None else values[mask]).ravel(), minlength=256)
 
 
+class PhaseTimer:
+    """Seconds spent per named phase (`with timer("read"): ...`), added up over calls; a no-op sink by default."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def plane_histograms(probs: np.ndarray, truth: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """`(counts, true_counts)`, each `(n, C, 256)`, of uint8 `(n, C, H, W)` planes against bool truth.
+
+    The true-pixel counts of a plane with an empty truth are zeros without a pass over it (most
+    (image, class) pairs of a segmentation competition); the planes are shared among `threads` threads
+    (OpenCV releases the GIL).
+    """
+    n, classes = probs.shape[:2]
+    counts = np.zeros((n, classes, 256), dtype=np.int32)
+    true_counts = np.zeros_like(counts)
+
+    def one(plane: int) -> None:
+        i, c = divmod(plane, classes)
+        counts[i, c] = value_counts(probs[i, c])
+        if truth[i, c].any():
+            true_counts[i, c] = np.bincount(probs[i, c][truth[i, c]], minlength=256)
+
+    if threads > 1 and n * classes > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, range(n * classes)))
+    else:
+        for plane in range(n * classes):
+            one(plane)
+    return counts, true_counts
+
+
 def collect_histograms(source: StoreView, truth_fn: Callable[[str], np.ndarray], one_class_per_pixel: bool = False,
-                       rows: np.ndarray | None = None) -> Histograms:
+                       rows: np.ndarray | None = None, timer: PhaseTimer | None = None) -> Histograms:
     """Read the OOF once (in chunks of about `PIXEL_BUDGET` pixels) and histogram it against the truth.
+
+    Memory stays at a chunk of pixels plus `(N, C, 256)` counts whatever the number of images.
 
     Args:
         source: the OOF probabilities (`segfold.probs.StoreView`).
         truth_fn: `image_id -> (C, H, W)` true masks at the store's resolution.
         one_class_per_pixel: keep only each pixel's argmax class before counting.
         rows: the rows to read (default all).
+        timer: adds the seconds of the phases `read`, `truth` and `histograms`.
     """
+    timer = timer if timer is not None else PhaseTimer()
     num, classes, height, width = source.shape
     rows = np.arange(num) if rows is None else np.asarray(rows, dtype=np.int64)
     counts = np.zeros((len(rows), classes, 256), dtype=np.int32)  # at most H * W per bin
     true_counts = np.zeros_like(counts)
     step = max(1, PIXEL_BUDGET // (classes * height * width))
+    threads = threads_per_process()
     for start in range(0, len(rows), step):
         index = rows[start:start + step]
-        n = len(index)
-        probs = source.read_u8(index)  # (n, C, H, W) uint8
-        if one_class_per_pixel and classes > 1:
-            probs = exclusive_u8(probs)
-        truth = read_truth(truth_fn, [source.image_ids[i] for i in index], (classes, height, width))
-        for i in range(n):
-            for c in range(classes):
-                counts[start + i, c] = value_counts(probs[i, c])
-                true_counts[start + i, c] = value_counts(probs[i, c], truth[i, c])
+        with timer("read"):
+            probs = source.read_u8(index)  # (n, C, H, W) uint8
+        with timer("truth"):
+            truth = read_truth(truth_fn, [source.image_ids[i] for i in index], (classes, height, width))
+        with timer("histograms"):
+            if one_class_per_pixel and classes > 1:
+                probs = exclusive_u8(probs)
+            chunk = slice(start, start + len(index))
+            counts[chunk], true_counts[chunk] = plane_histograms(probs, truth, threads)
     cls = None if source.cls is None else np.asarray(source.cls, dtype=np.float32)[rows]
     return Histograms(counts, true_counts, cls)
 

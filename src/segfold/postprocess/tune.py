@@ -25,6 +25,7 @@ from segfold.postprocess.components import ComponentCache
 from segfold.postprocess.histograms import (
     GridResult,
     Histograms,
+    PhaseTimer,
     class_scores,
     collect_histograms,
     evaluate,
@@ -82,7 +83,7 @@ def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: flo
     if num > tune.max_images:
         rows = np.sort(np.random.default_rng(cfg.experiment.seed).choice(num, tune.max_images, replace=False))
         sub_hist = hist.subset(rows)
-        sub_components = ComponentCache(source, truth_fn, rows, params.one_class_per_pixel)
+        sub_components = ComponentCache(source, truth_fn, rows, params.one_class_per_pixel, sub_hist, components.timer)
     else:
         rows, sub_hist, sub_components = None, hist, components
     current = evaluate(hist, params, metric, empty, components)
@@ -106,7 +107,8 @@ def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: flo
 
 
 def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn | None = None,
-                    allow_stale: bool = False) -> dict[str, Any]:
+                    allow_stale: bool = False, timer: PhaseTimer | None = None) -> dict[str, Any]:
+>>>>>>> 4c14fd2 (Threshold search at Severstal size: plain reads (no memory-map residency), histograms on the core share skipping empty-truth planes, component labelling only where a pixel passes the cutoff (equal-area components merged, min_area<=1 from the histograms), phase timer; scripts/bench_tune.py and bench_search.py; tests)
     """Search the post-processing rules on the OOF and write `thresholds.json` and `threshold_curves.png`.
 
     Args:
@@ -114,10 +116,12 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
         source: the OOF (default: `open_oof(cfg.experiment.output_dir)`).
         truth_fn: `image_id -> (C, H, W)` true masks at the OOF's resolution (default: the training annotations).
         allow_stale: warn instead of failing when the OOF no longer matches its checkpoints or fold stores.
+        timer: adds the seconds of each phase (read, truth, histograms, grid, refinement, components).
 
     Returns:
         A summary: `params`, `score_before`, `score_after`, `metric`, `method`, `path`, `curves`.
     """
+    timer = timer if timer is not None else PhaseTimer()
     out_dir = Path(cfg.experiment.output_dir)
     if source is None:
         source = open_oof(out_dir, allow_stale=allow_stale, expected_folds=expected_folds(cfg)[0])
@@ -131,19 +135,21 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
     start = PostprocessParams.from_config(cfg.postprocess, source.classes)
     logger.info("tuning post-processing of %d OOF images (%s) for %s", num, source.label, metric)
 
-    hist = collect_histograms(source, truth_fn, start.one_class_per_pixel)
-    components = ComponentCache(source, truth_fn, None, start.one_class_per_pixel)
+    hist = collect_histograms(source, truth_fn, start.one_class_per_pixel, timer=timer)
+    components = ComponentCache(source, truth_fn, None, start.one_class_per_pixel, hist, timer)
     before = evaluate(hist, start, metric, empty, components)
     logger.info("  config rules: %.5f", before)
 
     min_areas = tune.min_areas if tune.min_areas is not None else default_min_areas(height, width)
-    grid = grid_search(hist, start.total_area(), metric, tune.thresholds, min_areas, empty, tune.rounds)
+    with timer("grid"):
+        grid = grid_search(hist, start.total_area(), metric, tune.thresholds, min_areas, empty, tune.rounds)
     logger.info("  grid (%d thresholds x %d areas, %s): %.5f", len(tune.thresholds), len(min_areas), grid.method,
                 grid.score)
     params, optuna_info = grid.params, None
     if tune.optuna_trials > 0:
-        params, optuna_info = _refine(hist, params, metric, empty, source, truth_fn, cfg, components,
-                                      max(min_areas))
+        with timer("refinement"):
+            params, optuna_info = _refine(hist, params, metric, empty, source, truth_fn, cfg, components,
+                                          max(min_areas))
     after = evaluate(hist, params, metric, empty, components)
     if after < before:
         logger.info("  the config's rules score higher than every rule found; keeping them")

@@ -22,6 +22,24 @@ from segfold.probs.store import ProbStore, store_exists, store_paths
 logger = logging.getLogger(__name__)
 
 
+def read_mapped_rows(data: np.memmap, local: np.ndarray, channel: int | None, out: np.ndarray,
+                     positions: np.ndarray) -> None:
+    """`out[positions] = data[local]` (or `data[local, channel]`) through ordinary reads of the map's file.
+
+    NOTE: pages read through a shared memory map count in this process's resident memory until it is
+    unmapped, so one pass over a 20 GB OOF would count 20 GB; pages read with `read` stay in the page cache
+    only.
+    """
+    plane = int(np.prod(data.shape[2:]))
+    row_bytes = plane * data.shape[1]
+    first, size = (0, row_bytes) if channel is None else (channel * plane, plane)
+    with open(data.filename, "rb", buffering=0) as handle:
+        for position, row in zip(positions, local, strict=True):
+            handle.seek(data.offset + int(row) * row_bytes + first)
+            if handle.readinto(memoryview(out[position]).cast("B")) != size:
+                raise DataError(f"{data.filename}: ended inside row {int(row)}; the store is truncated, rewrite it")
+
+
 class StoreView:
     """Several probability stores read as one, rows in store order (`image_ids`, `read_u8`, `cls`).
 
@@ -71,10 +89,13 @@ class StoreView:
         out = np.empty(shape, dtype=np.uint8)
         which = np.searchsorted(self._starts, rows, side="right") - 1
         for k in np.unique(which):
-            hit = which == k
+            hit = np.flatnonzero(which == k)
             local = rows[hit] - self._starts[k]
             data = self.stores[k].probs
-            out[hit] = data[local] if channel is None else data[local, channel]
+            if isinstance(data, np.memmap) and data.mode == "r":
+                read_mapped_rows(data, local, channel, out, hit)
+            else:
+                out[hit] = data[local] if channel is None else data[local, channel]
         return out
 
     def locate(self, row: int) -> tuple[ProbStore, int]:
