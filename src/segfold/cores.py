@@ -111,7 +111,7 @@ def apply_threads(loader_workers: int = 0) -> int:
     return threads
 
 
-def worker_threads() -> None:
-    """In a DataLoader worker: one thread (torch does this for itself; OpenCV does not)."""
+def worker_threads(worker_id: int | None = None) -> None:
+    """In a DataLoader worker (usable as its `worker_init_fn`): one thread (torch sets its own; OpenCV does not)."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

@@ -108,7 +108,6 @@ def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: flo
 
 def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn | None = None,
                     allow_stale: bool = False, timer: PhaseTimer | None = None) -> dict[str, Any]:
->>>>>>> 4c14fd2 (Threshold search at Severstal size: plain reads (no memory-map residency), histograms on the core share skipping empty-truth planes, component labelling only where a pixel passes the cutoff (equal-area components merged, min_area<=1 from the histograms), phase timer; scripts/bench_tune.py and bench_search.py; tests)
     """Search the post-processing rules on the OOF and write `thresholds.json` and `threshold_curves.png`.
 
     Args:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from segfold.cores import apply_threads, worker_threads
 from segfold.data.dataset import SegmentationDataset
 from segfold.data.formats import read_test_ids
 from segfold.data.transforms import build_transforms
@@ -96,7 +97,9 @@ def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None =
     image_ids = read_test_ids(data)
     dataset = SegmentationDataset(data, image_ids, mean=mean, std=std, folder="test",
                                   transforms=build_transforms(data, "valid"), in_channels=channels)
-    loader = DataLoader(dataset, batch_size=infer.batch_size, shuffle=False, num_workers=infer.num_workers)
+    loader = DataLoader(dataset, batch_size=infer.batch_size, shuffle=False, num_workers=infer.num_workers,
+                        worker_init_fn=worker_threads)
+    apply_threads(infer.num_workers)  # the loader's workers come out of this process's share of the cores
     logger.info("predicting %d test images with folds %s, TTA '%s' (%d copies) on %s (%s)",
                 len(image_ids), used, tta or infer.tta, len(transforms), device, runtime)
     autocast = torch.autocast("cuda", dtype=torch.float16) if infer.amp and device.type == "cuda" \
