@@ -15,6 +15,7 @@ the whole grid is that per-pair cost times the grid's combinations and pairs (an
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import resource
 import shutil
@@ -162,16 +163,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=None, help="Optuna trials per class (default: the preset's)")
     parser.add_argument("--baseline-images", type=int, default=40, help="plates the notebook loop is timed on")
     parser.add_argument("--baseline-combos", type=int, default=2, help="grid combinations the notebook loop times")
-    parser.add_argument("--keep", default=None, help="folder to write the OOF to and keep (default: a temporary one)")
+    parser.add_argument("--keep", default=None,
+                        help="folder to write the OOF to and keep, or to reuse when it holds one of this size "
+                             "(default: a temporary folder, removed)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_tune_"))
     overrides = [] if args.trials is None else [f"postprocess.tune.optuna_trials={args.trials}"]
     try:
         started = time.perf_counter()
-        truth_rle = _in_process(generate, folder, args.images, args.empty, args.seed)
+        kept = folder / f"truth-{args.images}-{args.empty}-{args.seed}.json"
+        if kept.is_file() and (folder / "oof" / "oof.json").is_file():
+            truth_rle = {k: [tuple(p) for p in v] for k, v in json.loads(kept.read_text()).items()}
+        else:
+            truth_rle = _in_process(generate, folder, args.images, args.empty, args.seed)
+            if args.keep:
+                kept.write_text(json.dumps(truth_rle))
         pairs = sum(len(v) for v in truth_rle.values())
-        print(f"generated {args.images} plates of 4 x 256 x 1600 ({args.images * 4 * 256 * 1600 / 1e9:.2f} GB "
+        print(f"generated (or reused) {args.images} plates of 4 x 256 x 1600 "
+              f"({args.images * 4 * 256 * 1600 / 1e9:.2f} GB "
               f"uint8, {1 - pairs / (4 * args.images):.1%} empty pairs) in {time.perf_counter() - started:.0f} s")
         r = _in_process(run_search, folder, truth_rle, overrides)
         per_pair = notebook_seconds_per_pair(folder, truth_rle, args.baseline_images, args.baseline_combos, args.seed)
