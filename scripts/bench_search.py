@@ -19,6 +19,7 @@ import time
 from segfold.search.config import ParamSpec
 
 from segfold.cli import add_config_arguments, config_from_args, script_main
+from segfold.config.search import ParamSpec
 from segfold.cores import THREADS_VAR, machine_cores
 from segfold.search import hparams
 
@@ -38,7 +39,7 @@ def timed_search(cfg, root: str, workers: int, trials: int, unshared: bool = Fal
         os.environ[THREADS_VAR] = str(machine_cores())
     try:
         started = time.perf_counter()
-        study = hparams.run_workers(cfg, workers, log=lambda _: None)
+        study = hparams.run_workers(cfg, workers)
         seconds = time.perf_counter() - started
     finally:
         if previous is None:

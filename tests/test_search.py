@@ -196,7 +196,7 @@ def test_run_workers_starts_workers_that_share_the_cores_and_the_study(tmp_path,
 
     monkeypatch.delenv(cores.PROCESSES_VAR, raising=False)
     cfg = make_cfg(tmp_path, trials=6, pruner="none", sampler="random")
-    study = hparams.run_workers(cfg, 2, train_fn=recording_train, log=lambda _: None)
+    study = hparams.run_workers(cfg, 2, train_fn=recording_train)
     real = [t for t in study.trials if not t.user_attrs.get("surplus")]
     assert len(real) == 6 and all(t.state == TrialState.COMPLETE for t in real)
     calls = [json.loads(p.read_text()) for p in sorted((tmp_path / "out" / "s" / "search" / "calls").glob("*.json"))]

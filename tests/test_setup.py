@@ -44,7 +44,8 @@ def test_a_made_dot_venv_is_reused_until_a_requirement_changes(project):
     time.sleep(0.05)
     (project / ".venv" / ".installed-runtime").write_text("")
     (project / ".venv" / ".installed-dev").write_text("")
-    assert dry_run(project, "test") == ["OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2"]
+    assert dry_run(project, "test") == [".venv/bin/lint-imports",
+                                        "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2"]
     time.sleep(0.05)
     (project / "requirements-dev.txt").write_text((project / "requirements-dev.txt").read_text() + "\n")
     lines = dry_run(project, "test")
