@@ -16,8 +16,6 @@ import os
 import tempfile
 import time
 
-from segfold.search.config import ParamSpec
-
 from segfold.cli import add_config_arguments, config_from_args, script_main
 from segfold.config.search import ParamSpec
 from segfold.cores import THREADS_VAR, machine_cores
