@@ -8,8 +8,11 @@ import hashlib
 import json
 import os
 import runpy
+import site
 import subprocess
+import sysconfig
 import venv
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,6 +87,10 @@ def test_package_installs_offline_and_reproduces_the_submission(trained, repo_ro
     # a fresh environment: torch & co from the system (a Kaggle image has them), segfold only from the wheel
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=True)
+    # NOTE the tests may themselves run inside a virtual environment (make test's .venv), whose packages
+    # the new one's system_site_packages does not see: list the running environment's site folders too.
+    purelib = Path(sysconfig.get_paths(vars={"base": str(env_dir), "platbase": str(env_dir)})["purelib"])
+    (purelib / "_outer_site.pth").write_text("".join(f"{folder}\n" for folder in site.getsitepackages()))
     python = env_dir / "bin" / "python"
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PIP_", "PYTHONPATH"))}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")

@@ -23,8 +23,11 @@ def project(tmp_path, repo_root):
 
 def dry_run(folder, *args: str, **env: str) -> list[str]:
     """The commands `make -n ARGS` would run, with no virtual environment active unless `env` says so."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "MAKEFLAGS")}
-    done = subprocess.run(["make", "-n", *args], cwd=folder, env={**clean, **env}, capture_output=True, text=True)
+    # NOTE run from inside `make test`, the outer make's MAKEFLAGS / MAKELEVEL would make this one a sub-make
+    hidden = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ARGS")
+    clean = {k: v for k, v in os.environ.items() if k not in hidden}
+    done = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=folder, env={**clean, **env},
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
