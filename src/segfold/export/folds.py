@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from segfold.errors import ConfigError, TrainingError, WeightsError
+from segfold.errors import ConfigError, WeightsError
 from segfold.export.exporter import DEFAULT_TOLERANCE, export_model
 from segfold.export.runtime import ExportedModel, ExportMeta, exported_path, load_exported
 from segfold.io import sha256_file
-from segfold.probs import fold_checkpoints, load_checkpoint_model
+from segfold.probs import load_checkpoint_model, required_fold_checkpoints
 
 if TYPE_CHECKING:
     from segfold.config import Config
@@ -55,15 +55,7 @@ def export_size(cfg: Config) -> tuple[int, int]:
 
 def fold_checkpoint_paths(cfg: Config, folds: Sequence[int] | None) -> dict[int, Path]:
     """The checkpoint of each wanted fold (every trained fold when None); a missing one is a TrainingError."""
-    out = cfg.experiment.output_dir
-    paths, missing = fold_checkpoints(out, cfg.infer.checkpoint, folds)
-    if not paths:
-        raise TrainingError(f"no checkpoint '{cfg.infer.checkpoint}' in {out}/fold<k>/: train a fold first "
-                            "(scripts/train.py --config ...)")
-    if folds is not None and missing:
-        raise TrainingError(f"fold(s) {missing} have no {cfg.infer.checkpoint} in {out}; train them or drop them "
-                            f"from --folds (found: {sorted(paths)})")
-    return paths
+    return required_fold_checkpoints(cfg.experiment.output_dir, cfg.infer.checkpoint, folds)
 
 
 def export_folds(cfg: Config, fmt: str, folds: Sequence[int] | None = None, size: Sequence[int] | None = None,

@@ -6,7 +6,12 @@ stores (`views`), writing a store batch by batch (`writer`), an experiment's fol
 (`outputs`), checkpoints and the models in them (`checkpoint`), and the device rule (`device`).
 """
 
-from segfold.probs.checkpoint import load_checkpoint, load_checkpoint_model, load_fold_models
+from segfold.probs.checkpoint import (
+    load_checkpoint,
+    load_checkpoint_model,
+    load_fold_models,
+    required_fold_checkpoints,
+)
 from segfold.probs.convert import DEFAULT_THRESHOLD, SCALE, binarize, probabilities, resize_probs, to_uint8
 from segfold.probs.device import resolve_device
 from segfold.probs.outputs import OOF_NAME, TEST_NAME, expected_folds, fold_checkpoints, fold_dirs, fold_number
@@ -76,6 +81,7 @@ __all__ = [
     "load_checkpoint",
     "load_checkpoint_model",
     "load_fold_models",
+    "required_fold_checkpoints",
     "make_truth_reader",
     "open_oof",
     "open_test",

@@ -64,10 +64,9 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device = 
     return model.to(device).eval(), cfg
 
 
-def load_fold_models(output_dir: str | os.PathLike, checkpoint: str, folds: Sequence[int] | None,
-                     device: torch.device) -> tuple[list[nn.Module], list[int], list[dict[str, Any]]]:
-    """The trained models of `folds` (every fold found when None), in eval mode, the folds used, and the
-    checkpoints' provenance entries (path, epoch, size and modification time as read).
+def required_fold_checkpoints(output_dir: str | os.PathLike, checkpoint: str,
+                              folds: Sequence[int] | None) -> dict[int, Path]:
+    """The checkpoint file of each of `folds` (every fold found when None).
 
     Raises:
         TrainingError: no fold has a checkpoint, or a requested fold has none.
@@ -79,6 +78,18 @@ def load_fold_models(output_dir: str | os.PathLike, checkpoint: str, folds: Sequ
     if folds is not None and missing:
         raise TrainingError(f"fold(s) {missing} have no {checkpoint} in {output_dir}; train them or drop them "
                             f"from --folds (found: {sorted(paths)})")
+    return paths
+
+
+def load_fold_models(output_dir: str | os.PathLike, checkpoint: str, folds: Sequence[int] | None,
+                     device: torch.device) -> tuple[list[nn.Module], list[int], list[dict[str, Any]]]:
+    """The trained models of `folds` (every fold found when None), in eval mode, the folds used, and the
+    checkpoints' provenance entries (path, epoch, size and modification time as read).
+
+    Raises:
+        TrainingError: no fold has a checkpoint, or a requested fold has none.
+    """
+    paths = required_fold_checkpoints(output_dir, checkpoint, folds)
     models, entries = [], []
     for k, path in sorted(paths.items()):
         stamp = file_stamp(path)  # NOTE before reading: a checkpoint rewritten meanwhile shows up as changed
