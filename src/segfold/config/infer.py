@@ -27,6 +27,11 @@ class InferConfig(StrictModel):
         "torch", description="what runs the models: PyTorch eager, or the exports of scripts/export.py "
                              "(onnx on onnxruntime, torchscript) next to each checkpoint")
     tta: Literal["none", "hflip", "vflip", "flips", "d4"] = "flips"
+    oof_tta: bool = Field(
+        False, description="scripts/oof.py re-predicts each fold's validation images with its model and this "
+                           "section's tta/scales, so that thresholds are tuned on the probabilities the test "
+                           "images get (costs one TTA pass over the training images); false: the trainer's "
+                           "OOF, predicted without TTA")
     scales: list[float] = Field([1.0], min_length=1, description="multi-scale TTA factors (1.0 is always added)")
     batch_size: int = Field(4, ge=1, description="images per step")
     forward_batch: int | None = Field(

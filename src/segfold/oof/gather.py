@@ -9,15 +9,22 @@ at the default threshold (0.5; argmax for multiclass) and writes the per-image s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
+from segfold.cores import apply_threads, worker_threads
+from segfold.data.dataset import SegmentationDataset
 from segfold.data.formats import read_train
+from segfold.data.transforms import build_transforms
 from segfold.errors import DataError, TrainingError
 from segfold.io import atomic_path
+from segfold.predict import build_tta, make_predictor, model_normalisation, predict_images
 from segfold.probs import (
     DEFAULT_THRESHOLD,
     OOF_NAME,
@@ -27,8 +34,11 @@ from segfold.probs import (
     check_store,
     expected_folds,
     fold_dirs,
+    load_fold_models,
     missing_folds_note,
     new_record,
+    resize_probs,
+    resolve_device,
     score_masks,
     truth_masks,
 )
@@ -38,19 +48,24 @@ logger = logging.getLogger(__name__)
 SCORES_FILE = "oof_scores.csv"
 
 
-def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False) -> dict[str, Any]:
+def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | None = None,
+               scales: Sequence[float] | None = None) -> dict[str, Any]:
     """Gather, store and score the out-of-fold probabilities of every fold found.
 
     Args:
         cfg: the experiment config.
         chunk: images scored at a time.
         allow_stale: warn instead of failing when a fold's OOF no longer matches its checkpoint.
+        tta: None: `infer.tta` when `infer.oof_tta` is true, else the trainer's stores ("none"). A TTA
+            name other than "none" re-predicts each fold's validation images with that fold's
+            `infer.checkpoint` and this TTA, as `scripts/predict.py` predicts the test images.
+        scales: multi-scale factors with `tta` (default `infer.scales`).
 
     Returns:
-        `{"score", "class_dice", "table", "folds", "missing_folds", "images", "path"}`.
+        `{"score", "class_dice", "table", "folds", "missing_folds", "images", "path", "tta"}`.
 
     Raises:
-        TrainingError: no fold has an OOF store yet.
+        TrainingError: no fold has an OOF store yet (or, with TTA, a fold has no checkpoint).
         DataError: the fold stores disagree (classes, size) or share images.
     """
     out = Path(cfg.experiment.output_dir)
@@ -72,18 +87,32 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False) -> dict[str
     image_ids = [i for i in order if i in row_of] if order is not None else []
     listed = set(image_ids)
     image_ids += [i for i in view.image_ids if i not in listed]
-    fold_of = {image_id: k for k, path in dirs.items() for image_id in ProbStore.open(path, OOF_NAME).image_ids}
+    fold_ids = {k: list(fold_store.image_ids) for k, fold_store in zip(dirs, stores, strict=True)}
+    fold_of = {image_id: k for k, ids in fold_ids.items() for image_id in ids}
+    tta_name = tta if tta is not None else (cfg.infer.tta if cfg.infer.oof_tta else "none")
+    scale_list = [float(s) for s in (scales if scales is not None else cfg.infer.scales)] \
+        if tta_name != "none" else [1.0]
     _, _, height, width = view.shape
-    record = new_record("oof", cfg, inputs=view.input_entries(), folds=found, missing_folds=missing)
+    record = new_record("oof", cfg, inputs=view.input_entries(), folds=found, missing_folds=missing,
+                        tta=tta_name, scales=scale_list)
     store = ProbStore.create(out / OOF_NAME, OOF_NAME, image_ids, view.classes, height, width, provenance=record)
-    rows = np.array([row_of[i] for i in image_ids], dtype=np.int64)
-    for start in range(0, len(rows), chunk):  # copied as stored: no second rounding
-        store.write_uint8(np.arange(start, min(start + chunk, len(rows))), view.read_u8(rows[start:start + chunk]))
-    if view.cls is not None:
-        store.write_cls(np.arange(len(rows)), view.cls[rows])
-    oof = store.finalize()
-    logger.info("OOF: %d images from folds %s%s", len(image_ids), found,
-                f"; missing folds {missing}" if missing else "")
+    try:
+        if tta_name == "none" and scale_list == [1.0]:
+            rows = np.array([row_of[i] for i in image_ids], dtype=np.int64)
+            for start in range(0, len(rows), chunk):  # copied as stored: no second rounding
+                store.write_uint8(np.arange(start, min(start + chunk, len(rows))),
+                                  view.read_u8(rows[start:start + chunk]))
+            if view.cls is not None:
+                store.write_cls(np.arange(len(rows)), view.cls[rows])
+        else:
+            position = {image_id: row for row, image_id in enumerate(image_ids)}
+            record["checkpoints"] = predict_folds_into(cfg, store, fold_ids, position, tta_name, scale_list)
+        oof = store.finalize()
+    except BaseException:
+        store.abort()  # NOTE no half-written OOF: the previous one (if any) stays, marked as not the latest
+        raise
+    logger.info("OOF: %d images from folds %s%s, TTA '%s'", len(image_ids), found,
+                f"; missing folds {missing}" if missing else "", tta_name)
     result = score_store(cfg, oof, chunk)
     frame = pd.DataFrame({"ImageId": image_ids, "fold": [fold_of[i] for i in image_ids],
                           "score": result.pop("image_scores")})
@@ -92,8 +121,46 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False) -> dict[str
     with atomic_path(out / OOF_NAME / SCORES_FILE) as tmp:
         frame.to_csv(tmp, index=False)
     result.pop("pair_dice")
-    result.update(folds=found, missing_folds=missing, images=len(image_ids), path=str(out / OOF_NAME))
+    result.update(folds=found, missing_folds=missing, images=len(image_ids), path=str(out / OOF_NAME),
+                  tta=tta_name)
     return result
+
+
+def predict_folds_into(cfg: Any, store: ProbStore, fold_ids: dict[int, list[str]], position: dict[str, int],
+                       tta: str, scales: Sequence[float]) -> list[dict[str, Any]]:
+    """Predict each fold's validation images with that fold's model and TTA into the rows of `store`.
+
+    The same predictor as the test images get (`segfold.predict`: TTA merged as probabilities, tiles
+    above `infer.tile_size`), one fold model per image: its own validation images only.
+
+    Returns:
+        The checkpoints' provenance entries.
+    """
+    infer, data = cfg.infer, cfg.data
+    device = resolve_device(infer.device, key="infer.device")
+    height, width = store.shape[2:]
+    transforms = build_tta(tta, scales)
+    entries = []
+    for k, ids in fold_ids.items():
+        models, _, checkpoints = load_fold_models(cfg.experiment.output_dir, infer.checkpoint, [k], device)
+        entries += checkpoints
+        predict = make_predictor(models, transforms, data.mode, infer.forward_batch)
+        mean, std, channels = model_normalisation(models)
+        dataset = SegmentationDataset(data, ids, mean=mean, std=std, folder="train",
+                                      transforms=build_transforms(data, "valid"), in_channels=channels)
+        loader = DataLoader(dataset, batch_size=infer.batch_size, shuffle=False, num_workers=infer.num_workers,
+                            worker_init_fn=worker_threads)
+        apply_threads(infer.num_workers)
+        logger.info("fold %d: predicting its %d validation images with TTA '%s' (%d copies)", k, len(ids), tta,
+                    len(transforms))
+        for batch in loader:
+            with torch.no_grad():
+                probs, cls_probs = predict_images(predict, batch["image"].to(device), infer)
+            rows = np.array([position[i] for i in batch["image_id"]], dtype=np.int64)
+            store.write(rows, resize_probs(probs.float(), (height, width)).cpu().numpy())
+            if cls_probs is not None:
+                store.write_cls(rows, cls_probs.float().cpu().numpy())
+    return entries
 
 
 def score_store(cfg: Any, store: ProbStore, chunk: int = 32, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:

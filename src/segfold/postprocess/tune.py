@@ -33,7 +33,17 @@ from segfold.postprocess.histograms import (
 )
 from segfold.postprocess.optuna_search import refine_class
 from segfold.postprocess.rules import THRESHOLDS_FILE, PostprocessParams, save_thresholds
-from segfold.probs import PackedTruth, StoreView, TruthFn, expected_folds, make_truth_reader, new_record, open_oof
+from segfold.probs import (
+    PackedTruth,
+    StoreView,
+    TruthFn,
+    expected_folds,
+    make_truth_reader,
+    new_record,
+    open_oof,
+    tta_label,
+    tta_mismatch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +143,9 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
     tune = cfg.postprocess.tune
     start = PostprocessParams.from_config(cfg.postprocess, source.classes)
     logger.info("tuning post-processing of %d OOF images (%s) for %s", num, source.label, metric)
+    mismatch = tta_mismatch(source.tta, tta_label({"tta": cfg.infer.tta, "scales": cfg.infer.scales}))
+    if mismatch:
+        logger.warning("warning: %s (infer.tta is the test's TTA)", mismatch)
 
     hist = collect_histograms(source, truth_fn, start.one_class_per_pixel, timer=timer)
     components = ComponentCache(source, truth_fn, None, start.one_class_per_pixel, hist, timer)
@@ -162,7 +175,8 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
         "class_dice_after": dict(zip(source.classes, class_scores(hist, params, empty, components).tolist(),
                                      strict=True)),
     }
-    record = new_record("tune_thresholds", cfg, inputs=source.input_entries(), folds=source.folds)
+    record = new_record("tune_thresholds", cfg, inputs=source.input_entries(), folds=source.folds,
+                        oof_tta=source.tta)
     path = save_thresholds(out_dir / THRESHOLDS_FILE, params, provenance=record, **info)
     ylabel = "class mean Dice" if grid.method.startswith("exact") else f"{metric} (others held)"
     curves = plot_curves(grid, source.classes, out_dir / "threshold_curves.png", ylabel)

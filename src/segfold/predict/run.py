@@ -47,7 +47,8 @@ def predict_images(predict: Predictor, images: torch.Tensor, infer_cfg: Any
     return predict(images)
 
 
-def _normalisation(models: Sequence[nn.Module]) -> tuple[list[float], list[float], int]:
+def model_normalisation(models: Sequence[nn.Module]) -> tuple[list[float], list[float], int]:
+    """The input mean, std and channels the fold models share (recorded with their weights)."""
     stats = {(tuple(m.pretrained_cfg["mean"]), tuple(m.pretrained_cfg["std"]), int(m.config.get("in_channels", 3)))
              for m in models}
     if len(stats) != 1:
@@ -93,7 +94,7 @@ def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None =
                         checkpoint=infer.checkpoint, runtime=runtime, tta=tta_name, scales=scale_list)
     transforms = build_tta(tta_name, scale_list)
     predict = make_predictor(models, transforms, data.mode, infer.forward_batch)
-    mean, std, channels = _normalisation(models)
+    mean, std, channels = model_normalisation(models)
     image_ids = read_test_ids(data)
     dataset = SegmentationDataset(data, image_ids, mean=mean, std=std, folder="test",
                                   transforms=build_transforms(data, "valid"), in_channels=channels)

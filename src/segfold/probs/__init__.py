@@ -41,7 +41,7 @@ from segfold.probs.truth import (
     resize_nearest,
     truth_masks,
 )
-from segfold.probs.views import StoreView, check_store, oof_store_paths, open_oof, open_test
+from segfold.probs.views import StoreView, check_store, oof_store_paths, open_oof, open_test, tta_label, tta_mismatch
 from segfold.probs.writer import StoreWriter
 
 __all__ = [
@@ -96,4 +96,6 @@ __all__ = [
     "store_paths",
     "to_uint8",
     "truth_masks",
+    "tta_label",
+    "tta_mismatch",
 ]

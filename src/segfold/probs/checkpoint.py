@@ -72,12 +72,12 @@ def required_fold_checkpoints(output_dir: str | os.PathLike, checkpoint: str,
         TrainingError: no fold has a checkpoint, or a requested fold has none.
     """
     paths, missing = fold_checkpoints(output_dir, checkpoint, folds)
-    if not paths:
-        raise TrainingError(f"no checkpoint '{checkpoint}' in {output_dir}/fold<k>/: train a fold first "
-                            "(scripts/train.py --config ...)")
     if folds is not None and missing:
         raise TrainingError(f"fold(s) {missing} have no {checkpoint} in {output_dir}; train them or drop them "
                             f"from --folds (found: {sorted(paths)})")
+    if not paths:
+        raise TrainingError(f"no checkpoint '{checkpoint}' in {output_dir}/fold<k>/: train a fold first "
+                            "(scripts/train.py --config ...)")
     return paths
 
 

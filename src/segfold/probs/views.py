@@ -107,9 +107,33 @@ class StoreView:
         """ImageId -> row."""
         return {image_id: row for row, image_id in enumerate(self.image_ids)}
 
+    @property
+    def tta(self) -> str | None:
+        """The test-time augmentation its probabilities were predicted with ("none" for the trainer's OOF;
+        e.g. "flips+scales" with multi-scale copies), None when unknown (old stores) or mixed."""
+        names = {tta_label(s.provenance) for s in self.stores}
+        return names.pop() if len(names) == 1 else None
+
     def input_entries(self) -> list[dict]:
         """The stores as inputs of what a stage makes from them (`segfold.probs.provenance.input_entry`)."""
         return [input_entry(store_paths(s.folder, s.name)["json"], s.provenance) for s in self.stores]
+
+
+def tta_label(record: dict | None) -> str | None:
+    """The TTA a store's record names, with "+scales" when it used multi-scale copies; None when unknown."""
+    if not record or record.get("tta") is None:
+        return None
+    scales = [float(x) for x in record.get("scales") or [1.0]]
+    return str(record["tta"]) + ("+scales" if any(x != 1.0 for x in scales) else "")
+
+
+def tta_mismatch(tuned_on: str | None, applied_to: str | None) -> str | None:
+    """A warning when thresholds tuned on probabilities of one TTA are applied to those of another."""
+    if tuned_on is None or applied_to is None or tuned_on == applied_to:
+        return None
+    return (f"the thresholds were tuned on OOF probabilities predicted with TTA '{tuned_on}' but the test "
+            f"probabilities use '{applied_to}': averaged copies are smoother, so the best threshold and minimum "
+            f"areas shift; set infer.oof_tta: true (or run scripts/oof.py --tta with the test's TTA) and tune again")
 
 
 def check_store(store: ProbStore, stage: str, allow_stale: bool = False) -> None:

@@ -14,6 +14,7 @@ extra rows, the RLE inside the image, and decoding it gives back the mask it cam
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from segfold.data.formats import Annotations, read_test_labels
 from segfold.errors import DataError
 from segfold.io import atomic_path, write_json_atomic
 from segfold.postprocess import apply_postprocess_batch, postprocess_for
-from segfold.probs import input_entry, new_record, open_test, score_masks, truth_masks
+from segfold.probs import input_entry, new_record, open_test, read_record, score_masks, truth_masks, tta_mismatch
+
+logger = logging.getLogger(__name__)
 
 ENCODED = "EncodedPixels"
 
@@ -295,6 +298,10 @@ def make_submission(cfg: Any, labels: str | os.PathLike | None = None, allow_sta
         raise DataError(f"{len(missing)} image(s) of {sample_path.name} are not in the test store "
                         f"{out_dir / 'test'} (e.g. {missing[0]!r}); rerun scripts/predict.py")
     params, source = postprocess_for(cfg, store.classes, allow_stale=allow_stale)
+    if source != "config":
+        mismatch = tta_mismatch((read_record(source) or {}).get("oof_tta"), view.tta)
+        if mismatch:
+            logger.warning("warning: %s", mismatch)
 
     def masks_of(image_ids: list[str]) -> np.ndarray:
         rows = np.array([store.row_of(image_id) for image_id in image_ids], dtype=np.int64)

@@ -1,0 +1,122 @@
+"""The OOF predicted with the test's TTA (`infer.oof_tta`, `scripts/oof.py --tta`), and the warning when the
+thresholds were tuned on probabilities of another TTA than the test store's.
+
+The expected OOF rows are computed by hand: each fold's own checkpoint on its own validation images,
+the image and its horizontal mirror through the network, the mirrored probabilities flipped back,
+sigmoids averaged (never logits).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from segfold.data.dataset import SegmentationDataset
+from segfold.data.transforms import build_transforms
+from segfold.probs import ProbStore, load_checkpoint_model, read_record, tta_mismatch
+from segfold.train.checkpoint import save_checkpoint
+from test_provenance import demo, make_cfg, save_best, write_fold_oof  # noqa: F401  (demo is a fixture)
+
+
+def _experiment(demo, tmp_path, **infer):  # noqa: F811
+    cfg = make_cfg(demo, tmp_path / "out")
+    if infer:
+        cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update=infer)})
+    for fold in (0, 1):
+        path = save_best(cfg, fold, seed=10 + fold)
+        state = torch.load(path, weights_only=True)  # a sharper head: probabilities far from 0.5
+        state["model"] = {k: v * 40 if k.startswith("segmentation_head") else v for k, v in state["model"].items()}
+        save_checkpoint(path, state)
+        write_fold_oof(cfg, fold, seed=fold)
+    return cfg
+
+
+def _hflip_by_hand(cfg, fold, image_id):
+    model, _ = load_checkpoint_model(cfg.experiment.output_dir / f"fold{fold}" / "best.pt", "cpu")
+    norm = model.pretrained_cfg
+    dataset = SegmentationDataset(cfg.data, [image_id], mean=norm["mean"], std=norm["std"], folder="train",
+                                  transforms=build_transforms(cfg.data, "valid"))
+    x = dataset[0]["image"][None]
+    with torch.no_grad():
+        plain = torch.sigmoid(model(x))
+        mirrored = torch.flip(torch.sigmoid(model(torch.flip(x, [3]))), [3])
+    return ((plain + mirrored) / 2)[0].numpy(), plain[0].numpy()
+
+
+def test_oof_with_tta_predicts_each_fold_with_its_own_model(demo, tmp_path):  # noqa: F811
+    from segfold.oof import gather_oof
+
+    cfg = _experiment(demo, tmp_path)
+    result = gather_oof(cfg, tta="hflip")
+    assert result["tta"] == "hflip" and result["folds"] == [0, 1]
+    store = ProbStore.open(cfg.experiment.output_dir / "oof", "oof")
+    assert store.provenance["tta"] == "hflip" and store.provenance["stage"] == "oof"
+    assert sorted(entry["fold"] for entry in store.provenance["checkpoints"]) == [0, 1]
+    for image_id, fold in (("train_0001.jpg", 0), ("train_0004.jpg", 1)):
+        expected, plain = _hflip_by_hand(cfg, fold, image_id)
+        got = store.read(store.row_of(image_id))
+        assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-4
+        assert np.abs(expected - plain).max() > 0.1  # the mirror copy matters: the test can fail
+        other, _ = _hflip_by_hand(cfg, 1 - fold, image_id)
+        assert np.abs(other - expected).max() > 0.1  # and so does which fold's model predicts it
+
+    # without TTA the gathered OOF is the trainer's stores, copied as stored
+    gather_oof(cfg, tta="none")
+    plain_store = ProbStore.open(cfg.experiment.output_dir / "oof", "oof")
+    fold1 = ProbStore.open(cfg.experiment.output_dir / "fold1", "oof")
+    np.testing.assert_array_equal(plain_store.probs[plain_store.row_of("train_0004.jpg")],
+                                  fold1.probs[fold1.row_of("train_0004.jpg")])
+    assert plain_store.provenance["tta"] == "none"
+
+
+def test_oof_tta_follows_the_config(demo, tmp_path):  # noqa: F811
+    from segfold.oof import gather_oof
+
+    cfg = _experiment(demo, tmp_path, tta="hflip", oof_tta=True)
+    assert gather_oof(cfg)["tta"] == "hflip"
+    cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"oof_tta": False})})
+    assert gather_oof(cfg)["tta"] == "none"
+
+
+def test_a_failed_tta_oof_leaves_the_previous_oof_in_place(demo, tmp_path):  # noqa: F811
+    from segfold.errors import TrainingError
+    from segfold.oof import gather_oof
+
+    cfg = _experiment(demo, tmp_path)
+    gather_oof(cfg, tta="none")
+    before = ProbStore.open(cfg.experiment.output_dir / "oof", "oof").provenance["id"]
+    (cfg.experiment.output_dir / "fold1" / "best.pt").unlink()
+    with pytest.raises(TrainingError, match=r"fold\(s\) \[1\] have no best.pt"):
+        gather_oof(cfg, tta="hflip", allow_stale=True)
+    assert not list((cfg.experiment.output_dir / "oof").glob("*.partial"))
+    assert ProbStore.open(cfg.experiment.output_dir / "oof", "oof").provenance["id"] == before
+
+
+def test_thresholds_tuned_without_tta_warn_when_the_test_uses_tta(demo, tmp_path, caplog):  # noqa: F811
+    from segfold.oof import gather_oof
+    from segfold.postprocess import tune_thresholds
+
+    cfg = _experiment(demo, tmp_path, tta="hflip")
+    gather_oof(cfg, tta="none")
+    with caplog.at_level(logging.WARNING):
+        tune_thresholds(cfg)
+    assert "tuned on OOF probabilities predicted with TTA 'none' but the test probabilities use 'hflip'" \
+        in caplog.text
+    assert read_record(cfg.experiment.output_dir / "thresholds.json")["oof_tta"] == "none"
+
+    caplog.clear()
+    gather_oof(cfg, tta="hflip")
+    with caplog.at_level(logging.WARNING):
+        tune_thresholds(cfg)
+    assert "tuned on OOF" not in caplog.text
+    assert read_record(cfg.experiment.output_dir / "thresholds.json")["oof_tta"] == "hflip"
+
+
+def test_tta_mismatch_names_both_sides():
+    assert tta_mismatch("hflip", "hflip") is None
+    assert tta_mismatch(None, "flips") is None  # unknown (an old store): no guess
+    message = tta_mismatch("none", "flips+scales")
+    assert "'none'" in message and "'flips+scales'" in message and "infer.oof_tta: true" in message
