@@ -24,12 +24,11 @@ def stage_command(stage: str, args: argparse.Namespace, labels: Path | None) -> 
     command = [sys.executable, str(SCRIPTS / f"{stage}.py")]
     if args.config:
         command += ["--config", args.config]
-    if args.overrides:
-        command += ["--set", *args.overrides]
+    overrides = list(args.overrides or []) + ([f"infer.tta={args.tta}"] if args.tta else [])
+    if overrides:  # --tta is infer.tta for every stage: the OOF (with infer.oof_tta) and the test get the same
+        command += ["--set", *overrides]
     if stage == "train":
         command += ["--fold", "all"] + [f"--{flag}" for flag in ("resume", "overwrite") if getattr(args, flag)]
-    if stage == "predict" and args.tta:
-        command += ["--tta", args.tta]
     if stage == "make_submission" and labels is not None:
         command += ["--score", str(labels)]
     return command
@@ -42,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="train: continue every fold from its last.pt")
     parser.add_argument("--overwrite", action="store_true",
                         help="train: start every fold again (old runs move to <experiment>/replaced/)")
-    parser.add_argument("--tta", choices=["none", "flips", "d4"], default=None, help="override infer.tta")
+    parser.add_argument("--tta", choices=["none", "hflip", "vflip", "flips", "d4"], default=None,
+                        help="override infer.tta (the test's TTA, and the OOF's with infer.oof_tta)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     out = cfg.experiment.output_dir

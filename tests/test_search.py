@@ -13,6 +13,7 @@ import textwrap
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from segfold.config import ConfigError, load_config, validate_config
@@ -196,6 +197,7 @@ def test_run_workers_starts_workers_that_share_the_cores_and_the_study(tmp_path,
 
     monkeypatch.delenv(cores.PROCESSES_VAR, raising=False)
     cfg = make_cfg(tmp_path, trials=6, pruner="none", sampler="random")
+    threads = torch.get_num_threads()
     study = hparams.run_workers(cfg, 2, train_fn=recording_train)
     real = [t for t in study.trials if not t.user_attrs.get("surplus")]
     assert len(real) == 6 and all(t.state == TrialState.COMPLETE for t in real)
@@ -203,6 +205,8 @@ def test_run_workers_starts_workers_that_share_the_cores_and_the_study(tmp_path,
     assert len(calls) == 6
     assert {c["processes"] for c in calls} == {"2"}
     assert {c["share"] for c in calls} == {max(1, cores.machine_cores() // 2)}
-    assert len({c["pid"] for c in calls}) == 2  # two worker processes, neither of them this one
+    pids = {c["pid"] for c in calls}
+    assert len(pids) == 2 and __import__("os").getpid() in pids  # worker 0 here, worker 1 a new process
+    assert torch.get_num_threads() == threads  # this process's threads are given back after its share
     assert len({c["lr"] for c in calls}) == 6  # workers asking at the same moment still draw different values
     assert cores.PROCESSES_VAR not in __import__("os").environ  # the parent's environment is left as it was

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 import yaml
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -280,27 +281,30 @@ def run_workers(cfg: Config, workers: int, trials: int | None = None,
     open_study(cfg)  # NOTE: made here once, so the workers do not race to create the storage's tables
     context = multiprocessing.get_context("spawn")  # NOTE: fork after torch's threads started is unsafe
     previous = os.environ.get(PROCESSES_VAR)
+    threads = torch.get_num_threads()
     os.environ[PROCESSES_VAR] = str(workers)
-    try:
+    procs = []
+    try:  # workers 1.. in new processes; worker 0 here (one interpreter start and torch import fewer)
         procs = [context.Process(target=_worker_main,
                                  args=(cfg, None, train_fn, index, _verbosity()), name=f"worker{index}")
-                 for index in range(workers)]
+                 for index in range(1, workers)]
         for proc in procs:
             proc.start()
         logger.info("%d workers on this machine (%d cores, %d each)", workers, machine_cores(), core_share())
+        run_search(cfg, train_fn=train_fn, worker=0)
+        for proc in procs:
+            proc.join()
+    except BaseException:
+        for proc in procs:
+            proc.terminate()
+        raise
     finally:
+        torch.set_num_threads(threads)  # this process's trials ran with its share of the cores
         if previous is None:
             os.environ.pop(PROCESSES_VAR, None)
         else:
             os.environ[PROCESSES_VAR] = previous
-    try:
-        for proc in procs:
-            proc.join()
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.terminate()
-        raise
-    failed = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(procs) if p.exitcode != 0]
+    failed = [f"worker {i + 1} (exit code {p.exitcode})" for i, p in enumerate(procs) if p.exitcode != 0]
     if failed:
         raise TrainingError(f"{', '.join(failed)} stopped with an error (see its output above); rerun the command "
                             "to resume the study")
