@@ -120,3 +120,25 @@ def test_tta_mismatch_names_both_sides():
     assert tta_mismatch(None, "flips") is None  # unknown (an old store): no guess
     message = tta_mismatch("none", "flips+scales")
     assert "'none'" in message and "'flips+scales'" in message and "infer.oof_tta: true" in message
+
+
+def test_oof_comes_from_the_checkpoint_the_test_gets(demo, tmp_path):  # noqa: F811
+    """The trainer's stores are best.pt's; with infer.checkpoint last.pt the OOF is predicted again, even
+    without TTA, so that thresholds are tuned on the weights that predict the test images."""
+    import shutil
+
+    from segfold.oof import gather_oof
+
+    cfg = _experiment(demo, tmp_path, checkpoint="last.pt")
+    for fold in (0, 1):  # last.pt: fold k's weights are the other fold's best.pt (different from its own)
+        shutil.copy(cfg.experiment.output_dir / f"fold{1 - fold}" / "best.pt", tmp_path / f"b{fold}.pt")
+    for fold in (0, 1):
+        shutil.copy(tmp_path / f"b{fold}.pt", cfg.experiment.output_dir / f"fold{fold}" / "last.pt")
+    gather_oof(cfg, tta="none")
+    store = ProbStore.open(cfg.experiment.output_dir / "oof", "oof")
+    assert {entry["path"].rsplit("/", 1)[-1] for entry in store.provenance["checkpoints"]} == {"last.pt"}
+    _, fold1_last = _hflip_by_hand(cfg, 0, "train_0004.jpg")  # fold 0's best.pt is fold 1's last.pt
+    assert np.abs(store.read(store.row_of("train_0004.jpg")) - fold1_last).max() <= 0.5 / 255 + 1e-4
+    trainer = ProbStore.open(cfg.experiment.output_dir / "fold1", "oof")
+    assert np.abs(store.read(store.row_of("train_0004.jpg")) - trainer.read(trainer.row_of("train_0004.jpg"))
+                  ).max() > 0.1

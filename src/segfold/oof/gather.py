@@ -58,7 +58,9 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
         allow_stale: warn instead of failing when a fold's OOF no longer matches its checkpoint.
         tta: None: `infer.tta` when `infer.oof_tta` is true, else the trainer's stores ("none"). A TTA
             name other than "none" re-predicts each fold's validation images with that fold's
-            `infer.checkpoint` and this TTA, as `scripts/predict.py` predicts the test images.
+            `infer.checkpoint` and this TTA, as `scripts/predict.py` predicts the test images. So does
+            "none" when `infer.checkpoint` is not the file the trainer's store came from (e.g.
+            `last.pt`, or `averaged.pt`): the OOF always comes from the checkpoint the test gets.
         scales: multi-scale factors with `tta` (default `infer.scales`).
 
     Returns:
@@ -96,8 +98,13 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
     record = new_record("oof", cfg, inputs=view.input_entries(), folds=found, missing_folds=missing,
                         tta=tta_name, scales=scale_list)
     store = ProbStore.create(out / OOF_NAME, OOF_NAME, image_ids, view.classes, height, width, provenance=record)
+    other = [k for k, fold_store in zip(dirs, stores, strict=True)
+             if not _made_with(fold_store, cfg.infer.checkpoint)]
+    if other and tta_name == "none":
+        logger.info("folds %s wrote their OOF with another checkpoint than infer.checkpoint (%s): predicting "
+                    "their validation images again", other, cfg.infer.checkpoint)
     try:
-        if tta_name == "none" and scale_list == [1.0]:
+        if tta_name == "none" and scale_list == [1.0] and not other:
             rows = np.array([row_of[i] for i in image_ids], dtype=np.int64)
             for start in range(0, len(rows), chunk):  # copied as stored: no second rounding
                 store.write_uint8(np.arange(start, min(start + chunk, len(rows))),
@@ -124,6 +131,12 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
     result.update(folds=found, missing_folds=missing, images=len(image_ids), path=str(out / OOF_NAME),
                   tta=tta_name)
     return result
+
+
+def _made_with(store: ProbStore, checkpoint: str) -> bool:
+    """Whether a trainer's fold store was predicted by the checkpoint file `checkpoint` (True when unknown)."""
+    entries = (store.provenance or {}).get("checkpoints") or []
+    return not entries or all(Path(entry["path"]).name == checkpoint for entry in entries)
 
 
 def predict_folds_into(cfg: Any, store: ProbStore, fold_ids: dict[int, list[str]], position: dict[str, int],
