@@ -1,6 +1,7 @@
 """Gather the folds' out-of-fold probabilities into `outputs/<exp>/oof/` and score them.
 
-Usage: `python scripts/oof.py --config C [--tta none|hflip|vflip|flips|d4] [--scales 0.75 1.25]`.
+Usage: `python scripts/oof.py --config C [--tta none|hflip|vflip|flips|d4] [--scales 0.75 1.25]`;
+`python scripts/oof.py --config C --by-fold` prints the gathered OOF's scores per fold (threshold 0.5 and tuned).
 
 Works with whichever folds have been trained (fold 0 alone is fine) and says which are missing. The
 score uses `data.metric` at the default threshold (0.5; argmax for multiclass); tune the
@@ -26,10 +27,19 @@ def main(argv: list[str] | None = None) -> dict:
                              "infer.oof_tta is true, else none: the trainer's OOF)")
     parser.add_argument("--scales", type=float, nargs="+", default=None,
                         help="multi-scale TTA factors with --tta (default infer.scales)")
+    parser.add_argument("--by-fold", action="store_true",
+                        help="do not gather: print the gathered OOF's scores per fold and class, at threshold 0.5 "
+                             "and with thresholds.json (else the config's rules)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
-    from segfold.oof import gather_oof
+    from segfold.oof import fold_report, gather_oof
+
+    if args.by_fold:
+        report = fold_report(cfg, allow_stale=args.allow_stale)
+        print(report["table"])
+        print(f"rules: {report['rules']}")
+        return report
 
     result = gather_oof(cfg, allow_stale=args.allow_stale, tta=args.tta, scales=args.scales)
     print(result["table"])

@@ -142,3 +142,29 @@ def test_oof_comes_from_the_checkpoint_the_test_gets(demo, tmp_path):  # noqa: F
     trainer = ProbStore.open(cfg.experiment.output_dir / "fold1", "oof")
     assert np.abs(store.read(store.row_of("train_0004.jpg")) - trainer.read(trainer.row_of("train_0004.jpg"))
                   ).max() > 0.1
+
+
+def test_by_fold_report_agrees_with_the_gather_and_the_tuning(demo, tmp_path):  # noqa: F811
+    """`oof.py --by-fold`: per fold at 0.5 and tuned; its 'all' rows match the score of the gather (the
+    scorer's route) and the tuned score of thresholds.json (the histogram route); fold rows average to it."""
+    import json
+
+    from segfold.oof import fold_report, gather_oof
+    from segfold.postprocess import tune_thresholds
+
+    cfg = _experiment(demo, tmp_path)
+    (cfg.experiment.output_dir / "folds.csv").write_text(
+        "ImageId,fold\n" + "".join(f"train_{i:04d}.jpg,{i // 3}\n" for i in range(6)))
+    gathered = gather_oof(cfg, tta="none")
+    tune_thresholds(cfg)
+    report = fold_report(cfg)
+    rows = {(r["rules"], r["fold"]): r for r in report["rows"]}
+    assert set(rows) == {(rule, fold) for rule in ("threshold 0.5", "tuned") for fold in ("0", "1", "all")}
+    assert rows["threshold 0.5", "0"]["images"] == 3 and rows["tuned", "all"]["images"] == 6
+    assert rows["threshold 0.5", "all"]["score"] == pytest.approx(gathered["score"], abs=1e-9)
+    tuned = json.loads((cfg.experiment.output_dir / "thresholds.json").read_text())
+    assert rows["tuned", "all"]["score"] == pytest.approx(tuned["score_after"], abs=1e-9)
+    for rule in ("threshold 0.5", "tuned"):  # 3 images per fold: the mean of the two folds is the whole
+        halves = (rows[rule, "0"]["score"] + rows[rule, "1"]["score"]) / 2
+        assert halves == pytest.approx(rows[rule, "all"]["score"], abs=1e-9)
+    assert "fold images" in report["table"].replace("  ", " ").replace("  ", " ")

@@ -20,10 +20,12 @@ from torch.utils.data import DataLoader
 
 from segfold.cores import apply_threads, worker_threads
 from segfold.data.dataset import SegmentationDataset
+from segfold.data.folds import load_folds
 from segfold.data.formats import read_train
 from segfold.data.transforms import build_transforms
 from segfold.errors import DataError, TrainingError
 from segfold.io import atomic_path
+from segfold.postprocess import apply_postprocess_batch, postprocess_for
 from segfold.predict import build_tta, make_predictor, model_normalisation, predict_images
 from segfold.probs import (
     DEFAULT_THRESHOLD,
@@ -37,6 +39,7 @@ from segfold.probs import (
     load_fold_models,
     missing_folds_note,
     new_record,
+    open_oof,
     resize_probs,
     resolve_device,
     score_masks,
@@ -194,3 +197,46 @@ def score_store(cfg: Any, store: ProbStore, chunk: int = 32, threshold: float = 
         return truth_masks(annotations, ids, shape, len(classes))
 
     return score_masks(store.image_ids, predicted, truth, classes, cfg.data, chunk)
+
+
+def fold_report(cfg: Any, allow_stale: bool = False, chunk: int = 32) -> dict[str, Any]:
+    """Per-fold and per-class scores of the gathered OOF, at threshold 0.5 and with the tuned rules.
+
+    What a competitor reads before trusting a CV number: how far apart the folds are, and what the
+    post-processing of `thresholds.json` (else the config's rules) adds in each fold. Each fold's
+    images are its validation images (the `fold` of `folds.csv`).
+
+    Returns:
+        `{"rows": [{"rules", "fold", "images", "score", <class>: dice, ...}], "table": text, "rules": source}`.
+    """
+    out = Path(cfg.experiment.output_dir)
+    view = open_oof(out, allow_stale=allow_stale, expected_folds=expected_folds(cfg)[0])
+    fold_of = load_folds(cfg, create=False).set_index("ImageId")["fold"].astype(int).to_dict()
+    params, source = postprocess_for(cfg, view.classes, allow_stale=allow_stale)
+    annotations = read_train(cfg.data)
+    shape, classes = view.shape[2:], view.classes
+    row_of = view.row_index()
+
+    def probs_of(ids: list[str]) -> np.ndarray:
+        return view.read_u8(np.array([row_of[i] for i in ids], dtype=np.int64))
+
+    rules = {
+        f"threshold {DEFAULT_THRESHOLD}": lambda ids: binarize(probs_of(ids), cfg.data.mode, DEFAULT_THRESHOLD),
+        "tuned" if source != "config" else "config rules": lambda ids: apply_postprocess_batch(
+            probs_of(ids), params, view.cls[[row_of[i] for i in ids]] if view.cls is not None else None),
+    }
+    groups: dict[str, list[str]] = {}
+    for image_id in view.image_ids:
+        groups.setdefault(str(fold_of.get(image_id, "?")), []).append(image_id)
+    groups = dict(sorted(groups.items())) | {"all": list(view.image_ids)}
+    rows = []
+    for name, predicted in rules.items():
+        for fold, ids in groups.items():
+            result = score_masks(ids, predicted, lambda ids: truth_masks(annotations, ids, shape, len(classes)),
+                                 classes, cfg.data, chunk)
+            rows.append({"rules": name, "fold": fold, "images": len(ids), "score": result["score"],
+                         **result["class_dice"]})
+    header = f"{'rules':<14} {'fold':>4} {'images':>6} " + " ".join(f"{c:>10}" for c in classes) + f" {'score':>7}"
+    lines = [header] + [f"{r['rules']:<14} {r['fold']:>4} {r['images']:>6} "
+                        + " ".join(f"{r[c]:10.4f}" for c in classes) + f" {r['score']:7.4f}" for r in rows]
+    return {"rows": rows, "table": "\n".join(lines), "rules": source}
