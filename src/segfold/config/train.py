@@ -103,6 +103,37 @@ class SchedulerConfig(StrictModel):
         return self
 
 
+class AverageConfig(StrictModel):
+    """Checkpoint averaging after the last epoch (`train.average`).
+
+    - `swa`: the plain model's weights of the last `epochs` epochs run (stochastic weight averaging).
+    - `top_k`: the `k` best checkpoints by `train.monitor` (each the better of the model and its EMA);
+      the trainer keeps `max(train.save_top_k, k)` top-k files for it.
+
+    The average's BatchNorm statistics are recomputed on `bn_batches` training batches (null: one
+    epoch's worth), then it is validated like an epoch and kept as `averaged.pt` when it beats the
+    best epoch; the OOF and test prediction then use it.
+    """
+
+    method: Literal["swa", "top_k"]
+    epochs: int | None = Field(None, ge=2)
+    k: int | None = Field(None, ge=2)
+    bn_batches: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> AverageConfig:
+        if self.method == "swa" and (self.epochs is None or self.k is not None):
+            raise ValueError("method 'swa' averages the last N epochs: set epochs: N (>= 2), not k")
+        if self.method == "top_k" and (self.k is None or self.epochs is not None):
+            raise ValueError("method 'top_k' averages the k best checkpoints: set k: N (>= 2), not epochs")
+        return self
+
+    @property
+    def count(self) -> int:
+        """How many checkpoints are averaged."""
+        return int(self.epochs if self.method == "swa" else self.k)  # type: ignore[arg-type]
+
+
 class TrainConfig(StrictModel):
     """The training loop: batches, precision, EMA, validation and checkpoints.
 
@@ -133,6 +164,8 @@ The positive-share sampler is set in the data section (`data.sampler.positive_sh
     max_train_batches: int | None = Field(None, ge=1)
     write_oof: bool = True
     progress: bool = True
+    average: AverageConfig | None = None
+    full_epochs: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -144,6 +177,9 @@ The positive-share sampler is set in the data section (`data.sampler.positive_sh
                 f"train.freeze_encoder_epochs = {self.freeze_encoder_epochs} must be smaller than "
                 f"train.epochs = {self.epochs}, or the encoder never trains"
             )
+        if self.average is not None and self.average.count > self.epochs:
+            raise ValueError(f"train.average averages {self.average.count} checkpoints but train.epochs = "
+                             f"{self.epochs}; lower the count or train longer")
         if self.compile and self.deterministic:
             raise ValueError("train.compile=true and train.deterministic=true cannot be combined; turn one off")
         return self

@@ -14,7 +14,15 @@ from segfold.probs.checkpoint import (
 )
 from segfold.probs.convert import DEFAULT_THRESHOLD, SCALE, binarize, probabilities, resize_probs, to_uint8
 from segfold.probs.device import resolve_device
-from segfold.probs.outputs import OOF_NAME, TEST_NAME, expected_folds, fold_checkpoints, fold_dirs, fold_number
+from segfold.probs.outputs import (
+    OOF_NAME,
+    TEST_NAME,
+    expected_folds,
+    fold_checkpoints,
+    fold_dirs,
+    fold_number,
+    selected_checkpoint,
+)
 from segfold.probs.provenance import (
     changes,
     check_record,
@@ -92,6 +100,7 @@ __all__ = [
     "resize_probs",
     "resolve_device",
     "score_masks",
+    "selected_checkpoint",
     "store_exists",
     "store_paths",
     "to_uint8",

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -16,6 +17,21 @@ from segfold.probs.store import store_exists
 
 OOF_NAME = "oof"  # the store name and the folder of the gathered OOF
 TEST_NAME = "test"  # the store name and folder of the test probabilities
+
+
+def selected_checkpoint(fold_dir: str | os.PathLike) -> Path:
+    """The checkpoint a trained fold chose for its OOF: `averaged.pt` when its average won, else `best.pt`.
+
+    Read from the fold's `result.json` (`checkpoint`); a fold without one (an older run, or one still
+    training) gives `best.pt`.
+    """
+    fold_dir = Path(fold_dir)
+    result = fold_dir / "result.json"
+    if result.is_file():
+        name = json.loads(result.read_text()).get("checkpoint")
+        if name and (fold_dir / name).is_file():
+            return fold_dir / name
+    return fold_dir / "best.pt"
 
 
 def expected_folds(cfg) -> tuple[list[int], list[str] | None]:

@@ -43,6 +43,7 @@ from segfold.probs import (
     probabilities,
     resize_probs,
 )
+from segfold.train import average as avg
 from segfold.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from segfold.train.checks import check_training_config
 from segfold.train.data import FoldData, build_fold_data
@@ -196,7 +197,10 @@ class FoldRun:
         self.objective = TrainingObjective(cfg, model)
         self.trainer = Trainer(model, self.objective, optimizer, schedule, scaler, self.ema, info, precision,
                                tcfg.accumulate_steps, tcfg.grad_clip, tcfg.channels_last)
-        self.tracker = BestTracker(maximize=self.maximize, min_delta=tcfg.min_delta, top_k=tcfg.save_top_k)
+        top_k = tcfg.save_top_k
+        if tcfg.average is not None and tcfg.average.method == "top_k":
+            top_k = max(top_k, tcfg.average.count)  # the files the average is made of
+        self.tracker = BestTracker(maximize=self.maximize, min_delta=tcfg.min_delta, top_k=top_k)
         self.frozen: bool | None = None
 
     # ------------------------------------------------------------------------------------ the run
@@ -228,9 +232,11 @@ class FoldRun:
         finally:
             if records is not None:
                 records.close()
+        average = self._average(epoch) if cfg.train.average is not None else None
+        checkpoint = avg.AVERAGED_FILE if average is not None and average["won"] else "best.pt"
         oof = None
         if info.is_main and cfg.train.write_oof:
-            oof = str(self._write_oof())
+            oof = str(self._write_oof(checkpoint))
         barrier(info)
         result = {
             "fold": self.fold,
@@ -242,9 +248,13 @@ class FoldRun:
             "epochs_run": epoch,
             "stopped_early": epoch < cfg.train.epochs,  # the loop only ends early through patience
             "fold_dir": str(self.fold_dir),
-            "best_checkpoint": str(self.fold_dir / "best.pt"),
+            "checkpoint": checkpoint,
+            "best_checkpoint": str(self.fold_dir / checkpoint),
+            "average": average,
             "oof": oof,
         }
+        if average is not None and average["won"]:
+            result.update(best_score=average["score"], best_weights="averaged", best_value=average["value"])
         if info.is_main:
             write_json_atomic(self.fold_dir / "result.json", result)
         return broadcast_object(result, info)
@@ -275,6 +285,11 @@ class FoldRun:
             if name is not None:
                 self._save_weights(self.fold_dir / name, epoch, *self.tracker.pick(candidates))
             remove_files(self.fold_dir, dropped)
+            average = cfg.train.average
+            if average is not None and average.method == "swa":
+                save_checkpoint(self.fold_dir / avg.swa_file(epoch), {"model": self.model.state_dict(),
+                                                                     "config": self.cfg_dict, "epoch": epoch})
+                remove_files(self.fold_dir, avg.swa_window(self.fold_dir, epoch, average.count)[1])
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": stats["train_loss"],
@@ -324,7 +339,8 @@ class FoldRun:
         ensure_dir(self.fold_dir)
         if fresh:  # a new run replaces the records of an old one in the same folder
             shutil.rmtree(self.fold_dir / "tensorboard", ignore_errors=True)
-            remove_files(self.fold_dir, [p.name for p in self.fold_dir.glob("epoch[0-9][0-9][0-9].pt")])
+            stale = [*self.fold_dir.glob("epoch[0-9][0-9][0-9].pt"), *self.fold_dir.glob(f"{avg.SWA_PREFIX}*.pt")]
+            remove_files(self.fold_dir, [p.name for p in stale] + [avg.AVERAGED_FILE, "average.json"])
         save_config(self.cfg, self.fold_dir / "config.yaml")
         write_run_info(self.fold_dir / "run_info.json", {
             "fold": self.fold, "world_size": self.info.world_size, "device": str(self.info.device),
@@ -395,13 +411,16 @@ class FoldRun:
                 f"lr {m['lr']:.2e} {m['images_per_second']:.1f} img/s {m['seconds']:.0f}s")
 
     @torch.no_grad()
-    def _write_oof(self) -> Path:
+    def _write_oof(self, checkpoint: str) -> Path:
         """The fold's OOF (`fold<k>/oof.*`: its validation images at the metric resolution) from the weights
-        in `best.pt` (loaded into the model: training is over), with the aux head's class probabilities."""
+        in `checkpoint` (`best.pt` or `averaged.pt`, loaded into the model: training is over), with the aux
+        head's class probabilities."""
         cfg, data = self.cfg, self.data
-        entry = checkpoint_entry(self.fold_dir / "best.pt", self.fold, None)  # NOTE stamped before it is read
-        best = load_checkpoint(self.fold_dir / "best.pt", map_location=self.info.device)
+        entry = checkpoint_entry(self.fold_dir / checkpoint, self.fold, None)  # NOTE stamped before it is read
+        best = load_checkpoint(self.fold_dir / checkpoint, map_location=self.info.device)
         entry["epoch"] = int(best["epoch"])
+        logger.info("fold %d: OOF from %s (epoch %d, %s weights)", self.fold, checkpoint, best["epoch"],
+                    best.get("weights", "model"))
         record = new_record("train", cfg, checkpoints=[entry], folds=[self.fold], tta="none")
         self.model.load_state_dict(best["model"])
         self.model.eval()
@@ -414,3 +433,49 @@ class FoldRun:
                 labels = out.labels.float().sigmoid() if out.labels is not None else None
                 writer.add(probabilities(out.masks, cfg.data.mode), labels)
         return self.fold_dir
+
+    def _average(self, epoch: int) -> dict[str, Any] | None:
+        """Average the configured checkpoints, recompute BatchNorm, validate; keep `averaged.pt` when it wins.
+
+        Runs on every rank (validation is sharded); rank 0 recomputes the BatchNorm statistics on its
+        training batches and the others receive its weights. Returns None when fewer than two
+        checkpoints exist, else `{method, epochs, score, value, won, bn_batches}` (also `average.json`).
+        """
+        cfg, info, average = self.cfg, self.info, self.cfg.train.average
+        barrier(info)
+        if average.method == "swa":
+            names = avg.swa_window(self.fold_dir, epoch, average.count)[0]
+        else:
+            names = [item[2] for item in self.tracker.kept[: average.count]]
+        if len(names) < 2:
+            if info.is_main:
+                logger.warning("fold %d: train.average needs two checkpoints, found %s; not averaged", self.fold,
+                               names)
+            return None
+        states = [load_checkpoint(self.fold_dir / name, map_location=self.info.device)["model"] for name in names]
+        self.model.load_state_dict(avg.average_state_dicts(states))
+        bn_batches = 0
+        if info.is_main:
+            self.data.set_epoch(cfg.experiment.seed, cfg.train.epochs + 1, info.rank)  # a fixed, unused epoch
+            limit = min(average.bn_batches or self.data.num_batches, self.data.num_batches)
+            images = (self.trainer.to_device(batch)[0] for batch in self.data.train_loader)
+            bn_batches = avg.recompute_batchnorm(self.model, images, limit)
+        if info.distributed:
+            self.model.load_state_dict(broadcast_object(self.model.state_dict(), info))
+        metrics = self._evaluate(self.model, epoch)
+        value = metrics["score" if self.maximize else "valid_loss"]
+        won = self.tracker.better(value, self.tracker.best_value)
+        summary = {"method": average.method, "epochs": avg.epochs_of(names), "score": metrics["score"],
+                   "valid_loss": metrics["valid_loss"], "value": value, "monitor": cfg.train.monitor, "won": won,
+                   "best_epoch_value": self.tracker.best_value, "bn_batches": bn_batches}
+        if info.is_main:
+            if won:
+                self._save_weights(self.fold_dir / avg.AVERAGED_FILE, epoch, "averaged", (value, metrics["score"]))
+            write_json_atomic(self.fold_dir / "average.json", summary)
+            verdict = f"beats the best epoch {self.tracker.best_epoch}: {avg.AVERAGED_FILE} is used" if won else (
+                f"does not beat epoch {self.tracker.best_epoch}: best.pt is used")
+            logger.info("fold %d: %s average of epochs %s (BatchNorm recomputed on %d batches): %s %.4f vs %.4f; %s",
+                        self.fold, average.method, summary["epochs"], bn_batches, cfg.train.monitor, value,
+                        self.tracker.best_value, verdict)
+        barrier(info)
+        return summary

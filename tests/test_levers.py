@@ -1,0 +1,133 @@
+"""The training-side score levers: checkpoint averaging, stages, full-data fit, falling positive share, holdout."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from segfold.config import ConfigError, validate_config
+from segfold.probs import ProbStore, load_checkpoint, load_checkpoint_model, selected_checkpoint
+from segfold.train import train
+from segfold.train.average import average_state_dicts, recompute_batchnorm
+from segfold.train.loop import FoldRun
+from test_train import tiny_config, tiny_data  # noqa: F401  (the module's data fixture)
+
+# --------------------------------------------------------------------------------------- averaging
+
+
+def test_average_state_dicts_means_floats_and_keeps_the_last_integers():
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(7)}
+    out = average_state_dicts([a, b])
+    assert torch.equal(out["w"], torch.tensor([2.0, 4.0])) and int(out["n"]) == 7
+    with pytest.raises(ValueError, match="other keys"):
+        average_state_dicts([a, {"w": a["w"]}])
+
+
+def test_batchnorm_statistics_are_recomputed_not_averaged():
+    bn = nn.BatchNorm2d(2)
+    first, second = bn.state_dict(), bn.state_dict()
+    first = {k: v.clone() for k, v in first.items()}
+    second = {k: v.clone() for k, v in second.items()}
+    first["running_mean"], second["running_mean"] = torch.tensor([10.0, 10.0]), torch.tensor([30.0, 30.0])
+    first["running_var"], second["running_var"] = torch.tensor([5.0, 5.0]), torch.tensor([7.0, 7.0])
+    bn.load_state_dict(average_state_dicts([first, second]))
+    assert bn.running_mean.tolist() == [20.0, 20.0]  # the stored mean of means, before recomputing
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(3, 2, 4, 4, generator=generator) * 2 + 1, torch.randn(3, 2, 4, 4, generator=generator) - 4]
+    bn.eval()
+    assert recompute_batchnorm(bn, iter(batches)) == 2
+    assert not bn.training  # the mode is restored
+    # by hand: the running statistics are the averages of the per-batch mean and unbiased variance
+    means = torch.stack([b.transpose(0, 1).reshape(2, -1).mean(dim=1) for b in batches]).mean(dim=0)
+    variances = torch.stack([b.transpose(0, 1).reshape(2, -1).var(dim=1, unbiased=True) for b in batches]).mean(dim=0)
+    assert torch.allclose(bn.running_mean, means, atol=1e-5)
+    assert torch.allclose(bn.running_var, variances, atol=1e-5)
+    assert not torch.allclose(bn.running_mean, torch.tensor([20.0, 20.0]))
+
+
+def test_average_config_needs_the_matching_count():
+    with pytest.raises(ConfigError, match="method 'swa' averages the last N epochs"):
+        validate_config({"train": {"average": {"method": "swa", "k": 2}}})
+    with pytest.raises(ConfigError, match="method 'top_k' averages the k best"):
+        validate_config({"train": {"average": {"method": "top_k"}}})
+    with pytest.raises(ConfigError, match="averages 5 checkpoints but train.epochs = 3"):
+        validate_config({"train": {"epochs": 3, "average": {"method": "swa", "epochs": 5}}})
+
+
+def _force_average_score(monkeypatch, score: float, epochs: int):
+    """Make the validation after the last epoch (the averaged weights) report `score`."""
+    real = FoldRun._evaluate
+    calls = {"n": 0}
+
+    def evaluate(self, model, epoch):
+        calls["n"] += 1
+        result = real(self, model, epoch)
+        return {**result, "score": score} if calls["n"] > epochs else result
+
+    monkeypatch.setattr(FoldRun, "_evaluate", evaluate)
+
+
+def _one_oof_row_from(checkpoint, store_row, image_path):
+    """The OOF row of one image equals the prediction of `checkpoint`'s weights (uint8 storage)."""
+    model, _ = load_checkpoint_model(checkpoint, "cpu")
+    pre = model.pretrained_cfg
+    image = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB)
+    image = cv2.resize(image, (64, 32), interpolation=cv2.INTER_AREA)
+    x = (torch.from_numpy(image).float().permute(2, 0, 1) / 255 - torch.tensor(pre["mean"])[:, None, None])
+    x = x / torch.tensor(pre["std"])[:, None, None]
+    with torch.no_grad():
+        probs = model(x[None]).sigmoid()[0].numpy()
+    return float(np.abs(store_row - probs).max())
+
+
+def test_swa_average_wins_is_kept_and_writes_the_oof(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+
+    _force_average_score(monkeypatch, 2.0, epochs=3)
+    cfg = tiny_config(tiny_data, tmp_path, train={"epochs": 3, "average": {"method": "swa", "epochs": 2}})
+    result = train(cfg, 0)
+    fold_dir = tmp_path / "tiny" / "fold0"
+    assert sorted(p.name for p in fold_dir.glob("swa_epoch*.pt")) == ["swa_epoch002.pt", "swa_epoch003.pt"]
+    summary = json.loads((fold_dir / "average.json").read_text())
+    assert summary["epochs"] == [2, 3] and summary["won"] is True and summary["bn_batches"] == 3
+    assert result["checkpoint"] == "averaged.pt" and result["best_weights"] == "averaged"
+    assert result["best_score"] == 2.0
+    assert selected_checkpoint(fold_dir) == fold_dir / "averaged.pt"
+
+    averaged = load_checkpoint(fold_dir / "averaged.pt")["model"]
+    stored = [load_checkpoint(fold_dir / f"swa_epoch00{e}.pt")["model"] for e in (2, 3)]
+    for key, value in averaged.items():
+        if "running" in key or not value.is_floating_point():
+            continue
+        assert torch.allclose(value, (stored[0][key] + stored[1][key]) / 2, atol=1e-6), key
+    bn_means = [k for k in averaged if k.endswith("running_mean")]
+    assert bn_means and any(not torch.allclose(averaged[k], (stored[0][k] + stored[1][k]) / 2, atol=1e-4)
+                            for k in bn_means)
+
+    store = ProbStore.open(fold_dir, "oof")
+    image = tiny_data / "train_images" / store.image_ids[0]
+    assert _one_oof_row_from(fold_dir / "averaged.pt", store.read(0), image) <= 1 / 255 + 1e-3
+    assert _one_oof_row_from(fold_dir / "best.pt", store.read(0), image) > 0.01  # not the best epoch's
+
+
+def test_top_k_average_that_loses_leaves_best_pt(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+
+    _force_average_score(monkeypatch, -1.0, epochs=3)
+    cfg = tiny_config(tiny_data, tmp_path, train={"epochs": 3, "average": {"method": "top_k", "k": 2},
+                                                  "write_oof": False})
+    result = train(cfg, 0)
+    fold_dir = tmp_path / "tiny" / "fold0"
+    rows = pd.read_csv(fold_dir / "metrics.csv")
+    best_two = rows.sort_values(["score", "epoch"], ascending=[False, True])["epoch"].head(2).tolist()
+    summary = json.loads((fold_dir / "average.json").read_text())
+    assert sorted(summary["epochs"]) == sorted(best_two) and summary["won"] is False
+    assert result["checkpoint"] == "best.pt" and not (fold_dir / "averaged.pt").exists()
+    assert selected_checkpoint(fold_dir) == fold_dir / "best.pt"
+    assert result["best_score"] == pytest.approx(rows["score"].max(), abs=1e-6)
