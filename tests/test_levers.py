@@ -131,3 +131,26 @@ def test_top_k_average_that_loses_leaves_best_pt(tiny_data, tmp_path, monkeypatc
     assert result["checkpoint"] == "best.pt" and not (fold_dir / "averaged.pt").exists()
     assert selected_checkpoint(fold_dir) == fold_dir / "best.pt"
     assert result["best_score"] == pytest.approx(rows["score"].max(), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------- falling share
+
+
+def test_positive_share_falls_linearly_over_the_epochs(tiny_data, tmp_path):  # noqa: F811
+    from segfold.train.data import build_fold_data
+    from segfold.train.distributed import DistInfo
+
+    cfg = tiny_config(tiny_data, tmp_path, data={"sampler": {"positive_share": {"start": 1.0, "end": 0.5}}},
+                      train={"epochs": 3})
+    assert [cfg.data.sampler.share_at(e, 3) for e in (1, 2, 3)] == [1.0, 0.75, 0.5]
+    info = DistInfo()
+    data = build_fold_data(cfg, 0, info, [0.5] * 3, [0.25] * 3)
+    # the demo data is mostly positive; make half the images empty so both pools exist
+    sampler = data.train_sampler
+    presence = np.zeros(len(data.train_ids), dtype=bool)
+    presence[::2] = True
+    sampler.positives, sampler.negatives = np.flatnonzero(presence), np.flatnonzero(~presence)
+    for epoch, wanted in ((1, [4, 4, 4]), (2, [3, 3, 3]), (3, [2, 2, 2])):  # round(share * 4) of each batch of 4
+        data.set_epoch(cfg.experiment.seed, epoch, 0)
+        order = np.array(list(iter(sampler))).reshape(-1, 4)
+        assert presence[order].sum(axis=1).tolist() == wanted, epoch

@@ -8,7 +8,7 @@ column names; see DESIGN.md (Data) for one example per format.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -78,10 +78,29 @@ class AugmentConfig(StrictModel):
         return specs
 
 
-class SamplerConfig(StrictModel):
-    """`positive_share`: fraction of images with any mask in every batch (None: plain shuffling)."""
+class ShareRamp(StrictModel):
+    """A positive share that moves linearly from `start` (first epoch) to `end` (last epoch)."""
 
-    positive_share: float | None = Field(None, ge=0.0, le=1.0)
+    start: float = Field(ge=0.0, le=1.0)
+    end: float = Field(ge=0.0, le=1.0)
+
+
+class SamplerConfig(StrictModel):
+    """`positive_share`: fraction of images with any mask in every batch (None: plain shuffling).
+
+    A number holds the share all run long; `{start: 0.8, end: 0.4}` lets it fall (or rise) linearly
+    over the epochs (`share_at`).
+    """
+
+    positive_share: Annotated[float, Field(ge=0.0, le=1.0)] | ShareRamp | None = None
+
+    def share_at(self, epoch: int, epochs: int) -> float | None:
+        """The share of 1-based `epoch` of `epochs` (None without a positive-share sampler)."""
+        share = self.positive_share
+        if share is None or isinstance(share, float):
+            return share
+        fraction = (epoch - 1) / (epochs - 1) if epochs > 1 else 0.0
+        return share.start + (share.end - share.start) * min(max(fraction, 0.0), 1.0)
 
 
 class DataConfig(StrictModel):

@@ -68,15 +68,7 @@ class PositiveShareSampler(Sampler[int]):
             raise ValueError("presence is empty: there is nothing to sample")
         self.positives = np.flatnonzero(positive)
         self.negatives = np.flatnonzero(~positive)
-        self.share = float(share)
-        if self.share > 0 and self.positives.size == 0:
-            warnings.warn(f"PositiveShareSampler: no positive image among {len(positive)}; batches are all empty "
-                          "images", stacklevel=2)
-            self.share = 0.0
-        elif self.share < 1 and self.negatives.size == 0:
-            warnings.warn(f"PositiveShareSampler: no empty image among {len(positive)}; batches are all positive",
-                          stacklevel=2)
-            self.share = 1.0
+        self.set_share(share)
         self.num_samples = int(num_samples) if num_samples is not None else len(positive)
         self.seed, self.batch_size = int(seed), int(batch_size)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
@@ -86,6 +78,25 @@ class PositiveShareSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.batches_per_replica * self.batch_size
+
+    def set_share(self, share: float) -> None:
+        """Change the positive share (from the next `__iter__`), e.g. a share that falls over the epochs.
+
+        A share the images cannot give (positives wanted but none exist, or empties wanted but none
+        exist) becomes 0 or 1 with a warning.
+        """
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be in [0, 1], got {share}")
+        total = self.positives.size + self.negatives.size
+        self.share = float(share)
+        if self.share > 0 and self.positives.size == 0:
+            warnings.warn(f"PositiveShareSampler: no positive image among {total}; batches are all empty "
+                          "images", stacklevel=2)
+            self.share = 0.0
+        elif self.share < 1 and self.negatives.size == 0:
+            warnings.warn(f"PositiveShareSampler: no empty image among {total}; batches are all positive",
+                          stacklevel=2)
+            self.share = 1.0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order `__iter__` gives (call it before each epoch)."""

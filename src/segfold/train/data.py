@@ -8,6 +8,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +62,14 @@ class FoldData:
     metric_size: tuple[int, int]
     num_batches: int
     loader_workers: int = 0
+    share_at: Callable[[int], float | None] | None = None  # epoch -> positive share (a falling share)
 
     def set_epoch(self, seed: int, epoch: int, rank: int) -> None:
-        """Fix this epoch's order and augmentations from `(seed, epoch, rank)`."""
+        """Fix this epoch's order, positive share and augmentations from `(seed, epoch, rank)`."""
+        if self.share_at is not None and hasattr(self.train_sampler, "set_share"):
+            share = self.share_at(epoch)
+            if share is not None:
+                self.train_sampler.set_share(share)
         self.train_sampler.set_epoch(epoch)
         epoch_seed = derived_seed(seed, epoch, rank)
         self.generator.manual_seed(epoch_seed)
@@ -123,7 +129,7 @@ def build_fold_data(cfg: Any, fold: int, info: DistInfo, mean: list[float], std:
     train_ds = SegmentationDataset(cfg.data, train_ids, transforms=build_transforms(cfg.data, "train"), **common)
     valid_ds = SegmentationDataset(cfg.data, valid_ids, transforms=build_transforms(cfg.data, "valid"), **common)
     batch_size, seed = cfg.train.batch_size, cfg.experiment.seed
-    share = cfg.data.sampler.positive_share
+    share = cfg.data.sampler.share_at(1, cfg.train.epochs)
     if share is not None:
         presence = annotations.presence[[annotations.index(i) for i in train_ids]]
         if cfg.data.background in cfg.data.classes:
@@ -154,4 +160,5 @@ def build_fold_data(cfg: Any, fold: int, info: DistInfo, mean: list[float], std:
         shuffle=False, num_workers=workers, pin_memory=pin,
     )
     return FoldData(train_ds, train_loader, sampler, generator, valid_ds, valid_loader, annotations, train_ids,
-                    valid_ids, resolve_metric_size(cfg.data, annotations, valid_ids), num_batches, workers)
+                    valid_ids, resolve_metric_size(cfg.data, annotations, valid_ids), num_batches, workers,
+                    share_at=lambda epoch: cfg.data.sampler.share_at(epoch, cfg.train.epochs))
