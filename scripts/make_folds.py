@@ -27,7 +27,9 @@ def main() -> None:
     folds = make_folds(cfg, annotations)
     path = write_folds(cfg, folds)
     folds_cfg = cfg.data.folds
-    print(f"{folds_cfg.n_folds} folds ({folds_cfg.method}) of {len(folds)} images -> {path}")
+    holdout = int((folds["fold"] < 0).sum())
+    kept = f" ({holdout} holdout images, fold -1, in no fold)" if holdout else ""
+    print(f"{folds_cfg.n_folds} folds ({folds_cfg.method}) of {len(folds) - holdout} images{kept} -> {path}")
     print(fold_table(folds, annotations, image_groups(cfg.data, annotations)).to_string())
 
 

@@ -154,3 +154,37 @@ def test_positive_share_falls_linearly_over_the_epochs(tiny_data, tmp_path):  # 
         data.set_epoch(cfg.experiment.seed, epoch, 0)
         order = np.array(list(iter(sampler))).reshape(-1, 4)
         assert presence[order].sum(axis=1).tolist() == wanted, epoch
+
+
+# ------------------------------------------------------------------------------------------ holdout
+
+
+def test_holdout_is_stratified_and_in_no_fold(tiny_data, tmp_path):  # noqa: F811
+    from segfold.data.folds import holdout_ids, load_folds, write_folds
+    from segfold.data.formats import read_train
+    from segfold.errors import DataError
+    from segfold.train.data import split_fold
+    from segfold.train.distributed import DistInfo
+
+    cfg = tiny_config(tiny_data, tmp_path, data={"folds": {"n_folds": 2, "holdout": 0.25}})
+    folds = load_folds(cfg)
+    held = holdout_ids(folds)
+    assert len(held) == 6  # 24 images split into round(1 / 0.25) = 4 parts: one part is the holdout
+    assert sorted(folds["fold"].unique()) == [-1, 0, 1]
+    annotations = read_train(cfg.data)
+    presence = annotations.presence
+    rows = [annotations.index(i) for i in held]
+    # stratified like the folds: each class is in the holdout about a quarter as often as overall
+    for c in range(presence.shape[1]):
+        assert abs(presence[rows, c].sum() - presence[:, c].sum() / 4) <= 1.0, c
+    for fold in (0, 1):
+        _, train_ids, valid_ids = split_fold(cfg, fold, DistInfo())
+        assert not set(held) & (set(train_ids) | set(valid_ids))
+        assert len(train_ids) + len(valid_ids) == 18
+
+    no_holdout = tiny_config(tiny_data, tmp_path, data={"folds": {"n_folds": 2}})
+    with pytest.raises(DataError, match=r"has folds \[-1, 0, 1\] but data.folds.n_folds is 2 without holdout"):
+        load_folds(no_holdout)
+    write_folds(no_holdout, folds[folds["fold"] >= 0])
+    with pytest.raises(DataError, match=r"with a holdout \(fold -1\)"):
+        load_folds(cfg)

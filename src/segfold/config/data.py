@@ -39,6 +39,9 @@ class FoldsConfig(StrictModel):
     group_regex: str | None = None
     seed: int | None = None
     path: str | None = None
+    # a share of the images that no fold trains or validates on (fold -1 in folds.csv), split off
+    # first with the same method (stratification, groups); tune_thresholds and blend report it
+    holdout: float = Field(0.0, ge=0.0, le=0.5)
 
     @model_validator(mode="after")
     def _groups_named(self) -> FoldsConfig:

@@ -3,12 +3,14 @@
 Methods (`data.folds.method`): `kfold`; `stratified` on the set of classes present (or on bins of the
 labelled area, `stratify_on: area`); `multilabel` (iterative stratification on per-class presence);
 `group` and `stratified_group`, with the group from a CSV column or a regex on ImageId. All are
-deterministic for a seed (`data.folds.seed`, else `experiment.seed`).
+deterministic for a seed (`data.folds.seed`, else `experiment.seed`). `data.folds.holdout` first sets
+aside a share of the images (fold -1, split by the same method) that no fold trains or validates on.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,8 @@ from segfold.io import atomic_path
 
 if TYPE_CHECKING:
     from segfold.config.data import DataConfig, FoldsConfig
+
+HOLDOUT_FOLD = -1  # the fold number of holdout images in folds.csv
 
 
 def folds_path(cfg) -> Path:
@@ -130,8 +134,26 @@ def make_folds(cfg, annotations: Annotations | None = None) -> pd.DataFrame:
     annotations = annotations if annotations is not None else read_train(cfg.data)
     folds_cfg = cfg.data.folds
     seed = folds_cfg.seed if folds_cfg.seed is not None else cfg.experiment.seed
-    fold = assign_folds(folds_cfg, annotations, image_groups(cfg.data, annotations), seed)
-    return pd.DataFrame({"ImageId": annotations.image_ids, "fold": fold})
+    groups = image_groups(cfg.data, annotations)
+    all_ids = list(annotations.image_ids)
+    fold = np.full(len(annotations), HOLDOUT_FOLD, dtype=np.int64)
+    rows = np.arange(len(annotations))
+    if folds_cfg.holdout > 0:
+        # NOTE the holdout is one part of a split into round(1 / holdout) parts by the same method, so it
+        # is stratified (and grouped) like the folds; its share is 1 / parts, e.g. 0.15 -> 1/7
+        parts = max(2, round(1 / folds_cfg.holdout))
+        try:
+            split = assign_folds(folds_cfg.model_copy(update={"n_folds": parts}), annotations, groups, seed)
+        except DataError as exc:
+            raise DataError(f"data.folds.holdout = {folds_cfg.holdout} splits the images into {parts} parts first, "
+                            f"which fails: {exc}; use a larger holdout share or set it to 0") from None
+        rows = np.flatnonzero(split != 0)
+        annotations = replace(annotations, image_ids=[annotations.image_ids[i] for i in rows],
+                              shapes=annotations.shapes[rows], areas=annotations.areas[rows], rles=None,
+                              metadata=pd.DataFrame())
+        groups = groups[rows] if groups is not None else None
+    fold[rows] = assign_folds(folds_cfg, annotations, groups, seed)
+    return pd.DataFrame({"ImageId": all_ids, "fold": fold})
 
 
 def write_folds(cfg, folds: pd.DataFrame) -> Path:
@@ -160,10 +182,16 @@ def load_folds(cfg, create: bool = True) -> pd.DataFrame:
         raise DataError(f"{path}: expected integer columns ImageId,fold; got {list(folds.columns)}")
     n_folds = cfg.data.folds.n_folds
     found = sorted(folds["fold"].unique().tolist())
-    if found != list(range(n_folds)):
-        raise DataError(f"{path} has folds {found} but data.folds.n_folds is {n_folds}: delete the file or rerun "
-                        "scripts/make_folds.py")
+    holdout = cfg.data.folds.holdout > 0
+    if found != [HOLDOUT_FOLD] * holdout + list(range(n_folds)):
+        what = f"data.folds.n_folds is {n_folds}" + (" with a holdout (fold -1)" if holdout else " without holdout")
+        raise DataError(f"{path} has folds {found} but {what}: delete the file or rerun scripts/make_folds.py")
     return folds
+
+
+def holdout_ids(folds: pd.DataFrame) -> list[str]:
+    """The images of the holdout (fold -1): no fold trains or validates on them."""
+    return folds.loc[folds["fold"] == HOLDOUT_FOLD, "ImageId"].astype(str).tolist()
 
 
 def fold_table(folds: pd.DataFrame, annotations: Annotations, groups: np.ndarray | None = None) -> pd.DataFrame:

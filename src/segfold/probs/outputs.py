@@ -39,6 +39,7 @@ def expected_folds(cfg) -> tuple[list[int], list[str] | None]:
     if not folds_path(cfg).is_file():  # NOTE never make new folds here: they must be the ones trained on
         return list(range(cfg.data.folds.n_folds)), None
     folds = load_folds(cfg, create=False)
+    folds = folds[folds["fold"] >= 0]  # the holdout (fold -1) has no OOF
     return sorted(int(k) for k in folds["fold"].unique()), folds["ImageId"].astype(str).tolist()
 
 

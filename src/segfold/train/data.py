@@ -93,9 +93,10 @@ def split_fold(cfg: Any, fold: int, info: DistInfo) -> tuple[Any, list[str], lis
     n_folds = cfg.data.folds.n_folds
     if not 0 <= fold < n_folds:
         raise ConfigError(f"fold {fold} does not exist: data.folds.n_folds = {n_folds}, so use 0 to {n_folds - 1}")
-    in_fold = folds["fold"].to_numpy() == fold
+    numbers = folds["fold"].to_numpy()
+    in_fold = numbers == fold
     valid_ids = folds.loc[in_fold, "ImageId"].astype(str).tolist()
-    train_ids = folds.loc[~in_fold, "ImageId"].astype(str).tolist()
+    train_ids = folds.loc[~in_fold & (numbers >= 0), "ImageId"].astype(str).tolist()  # fold -1: the holdout
     if not valid_ids or not train_ids:
         raise DataError(f"fold {fold} leaves {len(train_ids)} training and {len(valid_ids)} validation images")
     return annotations, train_ids, valid_ids
