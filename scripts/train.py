@@ -4,6 +4,10 @@
     python scripts/train.py --config configs/x.yaml --fold all --set train.epochs=3 model.encoder_weights=null
     python scripts/train.py --config configs/x.yaml --fold 0 --resume   # continue from fold0/last.pt
     python scripts/train.py --config configs/x.yaml --fold 0 --overwrite  # start again (old run kept in replaced/)
+    python scripts/train.py --config configs/x.yaml --fold full   # every image, the folds' median best epoch count
+
+A config with `stages:` trains each fold stage after stage (`fold<k>/stage<s>/`, the final stage in
+`fold<k>/`); `--resume` continues inside the stage that was running.
 
 Several processes (DistributedDataParallel; gloo on CPU, nccl on CUDA) through torchrun:
 
@@ -23,14 +27,17 @@ from segfold.cli import add_config_arguments, config_from_args, script_main
 from segfold.errors import ConfigError
 
 
-def parse_folds(text: str, n_folds: int) -> list[int]:
-    """`all`, one fold (`2`) or a comma list (`0,2`) -> fold numbers, each checked against `n_folds`."""
+def parse_folds(text: str, n_folds: int) -> list[int | str]:
+    """`all`, `full`, one fold (`2`) or a comma list (`0,2`) -> fold numbers (checked against `n_folds`) or ["full"]."""
     if text.strip().lower() == "all":
         return list(range(n_folds))
+    if text.strip().lower() == "full":
+        return ["full"]
     try:
         folds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"--fold {text!r}: expected 'all', a fold number or a comma list such as 0,2") from None
+        raise ConfigError(f"--fold {text!r}: expected 'all', 'full', a fold number or a comma list such as 0,2"
+                          ) from None
     bad = [f for f in folds if not 0 <= f < n_folds]
     if not folds or bad:
         raise ConfigError(f"--fold {text!r}: folds run from 0 to {n_folds - 1} (data.folds.n_folds = {n_folds})")
@@ -40,7 +47,8 @@ def parse_folds(text: str, n_folds: int) -> list[int]:
 @script_main
 def main(argv: list[str] | None = None) -> None:
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--fold", default="0", help="fold number, comma list (0,2) or 'all' (default 0)")
+    parser.add_argument("--fold", default="0",
+                        help="fold number, comma list (0,2), 'all', or 'full' (every training image) (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue each fold from its last.pt")
     parser.add_argument("--overwrite", action="store_true",
                         help="start again on folds that hold a run (the old folder moves to <experiment>/replaced/)")
@@ -58,9 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if len(folds) == 1:
             result = train(cfg, folds[0], resume=args.resume, overwrite=args.overwrite)
-            if init_distributed(cfg.train.device).is_main:
-                    print(f"fold {folds[0]}: best score {result['best_score']:.4f} at epoch {result['best_epoch']} "
-                      f"({result['best_weights']} weights); outputs in {result['fold_dir']}")
+            if init_distributed(cfg.train.device).is_main and folds[0] == "full":
+                print(f"full fit: {result['epochs_run']} epochs, {result['checkpoint']} ({result['best_weights']} "
+                      f"weights); outputs in {result['fold_dir']}")
+            elif init_distributed(cfg.train.device).is_main:
+                print(f"fold {folds[0]}: best score {result['best_score']:.4f} at epoch {result['best_epoch']} "
+                      f"({result['best_weights']} weights, {result['checkpoint']}); outputs in {result['fold_dir']}")
         else:
             train_folds(cfg, folds, resume=args.resume, overwrite=args.overwrite)
     finally:

@@ -12,9 +12,16 @@ import torch
 from torch import nn
 
 from segfold.config import ConfigError, validate_config
-from segfold.probs import ProbStore, load_checkpoint, load_checkpoint_model, selected_checkpoint
+from segfold.config.load import stage_configs
+from segfold.data.folds import holdout_ids, load_folds, write_folds
+from segfold.data.formats import read_train
+from segfold.errors import DataError
+from segfold.models import build_model
+from segfold.probs import ProbStore, load_checkpoint, load_checkpoint_model, selected_checkpoint, store_exists
 from segfold.train import train
 from segfold.train.average import average_state_dicts, recompute_batchnorm
+from segfold.train.data import build_fold_data, split_fold
+from segfold.train.distributed import DistInfo
 from segfold.train.loop import FoldRun
 from test_train import tiny_config, tiny_data  # noqa: F401  (the module's data fixture)
 
@@ -89,7 +96,6 @@ def _one_oof_row_from(checkpoint, store_row, image_path):
 
 
 def test_swa_average_wins_is_kept_and_writes_the_oof(tiny_data, tmp_path, monkeypatch):  # noqa: F811
-
     _force_average_score(monkeypatch, 2.0, epochs=3)
     cfg = tiny_config(tiny_data, tmp_path, train={"epochs": 3, "average": {"method": "swa", "epochs": 2}})
     result = train(cfg, 0)
@@ -118,7 +124,6 @@ def test_swa_average_wins_is_kept_and_writes_the_oof(tiny_data, tmp_path, monkey
 
 
 def test_top_k_average_that_loses_leaves_best_pt(tiny_data, tmp_path, monkeypatch):  # noqa: F811
-
     _force_average_score(monkeypatch, -1.0, epochs=3)
     cfg = tiny_config(tiny_data, tmp_path, train={"epochs": 3, "average": {"method": "top_k", "k": 2},
                                                   "write_oof": False})
@@ -137,9 +142,6 @@ def test_top_k_average_that_loses_leaves_best_pt(tiny_data, tmp_path, monkeypatc
 
 
 def test_positive_share_falls_linearly_over_the_epochs(tiny_data, tmp_path):  # noqa: F811
-    from segfold.train.data import build_fold_data
-    from segfold.train.distributed import DistInfo
-
     cfg = tiny_config(tiny_data, tmp_path, data={"sampler": {"positive_share": {"start": 1.0, "end": 0.5}}},
                       train={"epochs": 3})
     assert [cfg.data.sampler.share_at(e, 3) for e in (1, 2, 3)] == [1.0, 0.75, 0.5]
@@ -160,12 +162,6 @@ def test_positive_share_falls_linearly_over_the_epochs(tiny_data, tmp_path):  # 
 
 
 def test_holdout_is_stratified_and_in_no_fold(tiny_data, tmp_path):  # noqa: F811
-    from segfold.data.folds import holdout_ids, load_folds, write_folds
-    from segfold.data.formats import read_train
-    from segfold.errors import DataError
-    from segfold.train.data import split_fold
-    from segfold.train.distributed import DistInfo
-
     cfg = tiny_config(tiny_data, tmp_path, data={"folds": {"n_folds": 2, "holdout": 0.25}})
     folds = load_folds(cfg)
     held = holdout_ids(folds)
@@ -188,3 +184,87 @@ def test_holdout_is_stratified_and_in_no_fold(tiny_data, tmp_path):  # noqa: F81
     write_folds(no_holdout, folds[folds["fold"] >= 0])
     with pytest.raises(DataError, match=r"with a holdout \(fold -1\)"):
         load_folds(cfg)
+
+
+# ------------------------------------------------------------------------------------------- stages
+
+STAGES = [
+    {"train": {"epochs": 2, "freeze_encoder_epochs": 1}},
+    # a learning rate so small that the second stage leaves the weights where the first stage's best put them
+    {"train": {"epochs": 2}, "optim": {"lr": 1e-12, "weight_decay": 0.0}, "loss": {"terms": [{"name": "dice"}]}},
+]
+
+
+def test_stages_run_in_sequence_from_the_previous_best_and_resume_inside_a_stage(tiny_data, tmp_path):  # noqa: F811
+    cfg = tiny_config(tiny_data, tmp_path, stages=STAGES)
+    first, second = stage_configs(cfg)
+    assert (first.train.epochs, first.train.write_oof, first.optim.lr) == (2, False, 3e-3)
+    assert (second.train.freeze_encoder_epochs, second.loss.terms[0].name, second.train.write_oof) == (0, "dice", True)
+
+    class Killed(Exception):
+        pass
+
+    seen = []
+
+    def kill_in_second_stage(epoch, metrics):
+        seen.append(epoch)
+        if epoch == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, 0, epoch_callback=kill_in_second_stage)
+    assert seen == [1, 2, 3]  # one epoch axis over the stages
+    fold_dir = tmp_path / "tiny" / "fold0"
+    stage1 = fold_dir / "stage1"
+    assert load_checkpoint(fold_dir / "last.pt")["epoch"] == 1
+    stage1_last = (stage1 / "last.pt").read_bytes()
+
+    result = train(cfg, 0, resume=True)
+    assert (stage1 / "last.pt").read_bytes() == stage1_last  # the finished stage is not trained again
+    assert pd.read_csv(stage1 / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert pd.read_csv(fold_dir / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert not store_exists(stage1, "oof") and store_exists(fold_dir, "oof")  # the OOF of the final stage
+    assert [s["fold_dir"] for s in result["stages"]] == [str(stage1), str(fold_dir)]
+    assert json.loads((fold_dir / "result.json").read_text())["stages"][0]["best_epoch"] == result["stages"][0][
+        "best_epoch"]
+
+    start = load_checkpoint(stage1 / "best.pt")["model"]
+    end = load_checkpoint(fold_dir / "best.pt")["model"]
+    weights = [k for k, v in start.items() if v.is_floating_point() and "running" not in k]
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in weights)
+    torch.manual_seed(cfg.experiment.seed)
+    fresh = build_model(cfg.model, 4).state_dict()
+    assert any(not torch.allclose(fresh[k], end[k], atol=1e-3) for k in weights)
+
+
+def test_a_stage_may_not_change_the_model_or_the_split():
+    with pytest.raises(ConfigError, match=r"stages\[0\] overrides 'model'"):
+        validate_config({"stages": [{"model": {"arch": "FPN"}}]})
+    with pytest.raises(ConfigError, match=r"stages\[1\] overrides data.folds"):
+        validate_config({"stages": [{}, {"data": {"folds": {"n_folds": 3}}}]})
+    with pytest.raises(ConfigError, match=r"stages\[0\]: key 'train.epochs' = 0"):
+        validate_config({"stages": [{"train": {"epochs": 0}}]})
+
+
+# ------------------------------------------------------------------------------------------ full fit
+
+
+def test_full_fit_trains_every_image_for_the_median_best_epoch(tiny_data, tmp_path):  # noqa: F811
+    cfg = tiny_config(tiny_data, tmp_path, data={"folds": {"n_folds": 3, "holdout": 0.25}})
+    with pytest.raises(ConfigError, match="no .*fold<k>/result.json exists: train the folds first"):
+        train(cfg, "full")
+    for fold, best in ((0, 1), (1, 3), (2, 2)):  # what three trained folds leave behind
+        (tmp_path / "tiny" / f"fold{fold}").mkdir(parents=True)
+        (tmp_path / "tiny" / f"fold{fold}" / "result.json").write_text(json.dumps({"best_epoch": best}))
+    result = train(cfg, "full")
+    full = tmp_path / "tiny" / "full"
+    assert result["epochs_run"] == 2 and result["best_epoch"] == 2  # median of 1, 3, 2
+    assert pd.read_csv(full / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert load_checkpoint(full / "best.pt")["epoch"] == 2
+    assert not store_exists(full, "oof") and result["oof"] is None
+    info = json.loads((full / "run_info.json").read_text())
+    assert (info["train_images"], info["valid_images"]) == (18, 0)  # 24 images less the 6 of the holdout
+
+    configured = tiny_config(tiny_data, tmp_path, data={"folds": {"n_folds": 3, "holdout": 0.25}},
+                             train={"full_epochs": 1})
+    assert train(configured, "full", overwrite=True)["epochs_run"] == 1

@@ -152,7 +152,37 @@ def validate_config(data: Mapping[str, Any], source: str = "config", base_dir: s
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, Config, source)) from None
     cfg.data.resolve_paths(base_dir if base_dir is not None else repo_root())
+    stage_configs(cfg, source)  # every stage must make a valid config too
     return cfg
+
+
+def stage_configs(config: Config, source: str = "config") -> list[Config]:
+    """The configs of the stages of a staged run (`stages:`), or `[config]` without stages.
+
+    Each stage is the experiment config with that stage's overrides merged in (mappings merge, lists
+    and values replace); a stage does not inherit the previous stage's overrides. Every stage but
+    the last has `train.write_oof` off: the fold's OOF comes from the final stage.
+
+    Raises:
+        ConfigError: a stage whose merged config is invalid (named `stages[i]`).
+    """
+    if not config.stages:
+        return [config]
+    base = config_to_dict(config)
+    base["stages"] = []
+    configs = []
+    for index, stage in enumerate(config.stages):
+        merged = deep_merge(base, stage)
+        if index < len(config.stages) - 1:
+            merged = deep_merge(merged, {"train": {"write_oof": False}})
+        try:
+            stage = Config.model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, Config, f"{source} stages[{index}]")) from None
+        if config.data._base_dir is not None:  # a relative data.root starts where the experiment's does
+            stage.data.resolve_paths(config.data._base_dir)
+        configs.append(stage)
+    return configs
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import field_validator
 
@@ -50,3 +51,25 @@ class Config(StrictModel):
     postprocess: PostprocessConfig = PostprocessConfig()
     search: SearchConfig = SearchConfig()
     package: PackageConfig = PackageConfig()
+    # staged training: partial overrides of this config, run one after the other on each fold, each
+    # stage from the previous stage's best weights (see `segfold.config.load.stage_configs`)
+    stages: list[dict[str, Any]] = []
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_keys(cls, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, stage in enumerate(stages):
+            for section, value in stage.items():
+                if section not in STAGE_SECTIONS:
+                    raise ValueError(f"stages[{index}] overrides '{section}'; a stage may override only "
+                                     f"{', '.join(STAGE_SECTIONS)} (the model and the data split stay the same)")
+                if section == "data" and isinstance(value, dict):
+                    bad = sorted(set(value) - set(STAGE_DATA_KEYS))
+                    if bad:
+                        raise ValueError(f"stages[{index}] overrides data.{bad[0]}; a stage may change only "
+                                         f"data.{', data.'.join(STAGE_DATA_KEYS)}")
+        return stages
+
+
+STAGE_SECTIONS = ("data", "loss", "optim", "scheduler", "train")
+STAGE_DATA_KEYS = ("image_size", "augment", "sampler")

@@ -78,7 +78,7 @@ class FoldData:
             transforms.set_random_seed(epoch_seed % 2**32)  # used as is when num_workers == 0
 
 
-def split_fold(cfg: Any, fold: int, info: DistInfo) -> tuple[Any, list[str], list[str]]:
+def split_fold(cfg: Any, fold: int | str, info: DistInfo) -> tuple[Any, list[str], list[str]]:
     """Read the labels and the folds (rank 0 writes the demo data and `folds.csv` first).
 
     Returns:
@@ -91,6 +91,8 @@ def split_fold(cfg: Any, fold: int, info: DistInfo) -> tuple[Any, list[str], lis
     annotations = read_train(cfg.data)
     folds = load_folds(cfg, create=False)
     n_folds = cfg.data.folds.n_folds
+    if fold == "full":  # a full-data fit: every image of every fold, none held out (the holdout stays out)
+        return annotations, folds.loc[folds["fold"] >= 0, "ImageId"].astype(str).tolist(), []
     if not 0 <= fold < n_folds:
         raise ConfigError(f"fold {fold} does not exist: data.folds.n_folds = {n_folds}, so use 0 to {n_folds - 1}")
     numbers = folds["fold"].to_numpy()
@@ -116,7 +118,7 @@ def resolve_metric_size(data_cfg: Any, annotations: Any, image_ids: list[str]) -
     return int(shapes[0][0]), int(shapes[0][1])
 
 
-def build_fold_data(cfg: Any, fold: int, info: DistInfo, mean: list[float], std: list[float]) -> FoldData:
+def build_fold_data(cfg: Any, fold: int | str, info: DistInfo, mean: list[float], std: list[float]) -> FoldData:
     """Datasets and loaders of `fold` for this rank.
 
     Args:
@@ -160,6 +162,10 @@ def build_fold_data(cfg: Any, fold: int, info: DistInfo, mean: list[float], std:
         Subset(valid_ds, shard_indices(len(valid_ds), info)), batch_size=cfg.train.valid_batch_size or batch_size,
         shuffle=False, num_workers=workers, pin_memory=pin,
     )
+    # NOTE a full fit has no validation images: its metric size is never used
+    metric_size = tuple(cfg.data.image_size or (0, 0))
+    if valid_ids:
+        metric_size = resolve_metric_size(cfg.data, annotations, valid_ids)
     return FoldData(train_ds, train_loader, sampler, generator, valid_ds, valid_loader, annotations, train_ids,
-                    valid_ids, resolve_metric_size(cfg.data, annotations, valid_ids), num_batches, workers,
+                    valid_ids, metric_size, num_batches, workers,
                     share_at=lambda epoch: cfg.data.sampler.share_at(epoch, cfg.train.epochs))

@@ -9,6 +9,8 @@ last epoch the best weights write the fold's out-of-fold probabilities (`oof.*`)
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import math
 import os
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segfold.config.load import config_to_dict, save_config
+from segfold.config.load import config_to_dict, save_config, stage_configs
 from segfold.cores import apply_threads
 from segfold.encoders import get_preprocessing_params
 from segfold.errors import TrainingError
@@ -54,6 +56,7 @@ from segfold.train.optim import build_optimizer, current_lr
 from segfold.train.rundir import check_fold_dir, prepare_fold_dir
 from segfold.train.runlog import MetricsLogger, write_run_info
 from segfold.train.schedule import LrSchedule
+from segfold.train.stages import FULL, full_fit_configs, shifted_callback
 from segfold.train.tracking import BestTracker, remove_files
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -116,24 +119,49 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
             `resume` nor `overwrite`).
         ConfigError: config combinations the trainer cannot run.
     """
-    check_training_config(cfg)
     info = init_distributed(cfg.train.device)
-    fold_dir = Path(cfg.experiment.output_dir) / f"fold{fold}"
-    check_fold_dir(fold_dir, fold, resume, overwrite)
+    configs = stage_configs(cfg)
+    for stage_cfg in configs:
+        check_training_config(stage_cfg)
+    if fold == FULL:
+        configs = full_fit_configs(configs)
+    fold_dir = Path(cfg.experiment.output_dir) / (FULL if fold == FULL else f"fold{fold}")
+    # a staged run's earlier stages (fold<k>/stage<s>/) count as a run too
+    check_fold_dir(fold_dir, fold, resume, overwrite, inner=[f"stage{n}" for n in range(1, len(configs))])
     barrier(info)  # every rank has looked before rank 0 moves anything
     if info.is_main:
-        moved = prepare_fold_dir(fold_dir, overwrite)
+        moved = prepare_fold_dir(fold_dir, overwrite)  # the stage folders inside move with it
         if moved is not None:
-            logger.info("fold %d: the old run was moved to %s", fold, moved)
+            logger.info("%s: the old run was moved to %s", FULL if fold == FULL else f"fold {fold}", moved)
     barrier(info)
-    with deterministic_mode(cfg.train.deterministic, warn_only=info.device.type == "cuda"):
-        return FoldRun(cfg, fold, info).fit(resume, epoch_callback)
+    results: list[dict[str, Any]] = []
+    init, offset = None, 0
+    for number, stage_cfg in enumerate(configs, 1):
+        staged = len(configs) > 1
+        folder = fold_dir / f"stage{number}" if number < len(configs) else fold_dir
+        label = f"{FULL if fold == FULL else f'fold {fold}'}" + (f" stage {number}/{len(configs)}" if staged else "")
+        callback = epoch_callback
+        if epoch_callback is not None and offset:
+            callback = functools.partial(shifted_callback, epoch_callback, offset)  # one epoch axis over the stages
+        with deterministic_mode(stage_cfg.train.deterministic, warn_only=info.device.type == "cuda"):
+            run = FoldRun(stage_cfg, fold, info, folder=folder, init_weights=init, label=label)
+            result = run.fit(resume, callback)
+        results.append(result)
+        init, offset = folder / result["checkpoint"], offset + stage_cfg.train.epochs
+    final = results[-1]
+    if len(results) > 1:
+        final["stages"] = [{key: r[key] for key in ("best_score", "best_epoch", "best_weights", "epochs_run",
+                                                    "fold_dir", "checkpoint")} for r in results]
+        if info.is_main:
+            write_json_atomic(fold_dir / "result.json", final)
+    return final
 
 
 def train_folds(cfg: Any, folds: Sequence[int], resume: bool = False, overwrite: bool = False) -> list[dict[str, Any]]:
     """Train `folds` one after another; writes `outputs/<experiment>/cv.json` with every fold's result."""
+    inner = [f"stage{n}" for n in range(1, len(stage_configs(cfg)))]
     for fold in folds:  # refuse before the first fold trains
-        check_fold_dir(Path(cfg.experiment.output_dir) / f"fold{fold}", fold, resume, overwrite)
+        check_fold_dir(Path(cfg.experiment.output_dir) / f"fold{fold}", fold, resume, overwrite, inner)
     results = [train(cfg, fold, resume=resume, overwrite=overwrite) for fold in folds]
     scores = [r["best_score"] for r in results]
     summary = {"folds": results, "mean_score": float(np.mean(scores)), "std_score": float(np.std(scores))}
@@ -156,9 +184,13 @@ def show_progress(wanted: bool, stream: Any = None) -> bool:
 class FoldRun:
     """Everything one fold's training holds: data, model, EMA, optimizer, schedule, tracker."""
 
-    def __init__(self, cfg: Any, fold: int, info: DistInfo) -> None:
+    def __init__(self, cfg: Any, fold: int | str, info: DistInfo, folder: Path | None = None,
+                 init_weights: Path | None = None, label: str | None = None) -> None:
         self.cfg, self.fold, self.info = cfg, fold, info
-        self.fold_dir = Path(cfg.experiment.output_dir) / f"fold{fold}"
+        self.full = fold == FULL
+        self.fold_dir = folder if folder is not None else Path(cfg.experiment.output_dir) / f"fold{fold}"
+        self.label = label or f"fold {fold}"
+        self.init_weights = init_weights
         self.cfg_dict = config_to_dict(cfg)
         tcfg = cfg.train
         # the data first: a wrong path fails before any model is built
@@ -173,6 +205,8 @@ class FoldRun:
                                 f"{loaded['std']}, the data was set up with {norm['mean']} / {norm['std']}; "
                                 "please report this (segfold.encoders.get_preprocessing_params disagrees)")
         self.preprocessing = loaded
+        if init_weights is not None:  # a later stage starts from the previous stage's chosen weights
+            model.load_state_dict(load_checkpoint(init_weights)["model"])
         model.to(info.device)
         if tcfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -210,8 +244,8 @@ class FoldRun:
         start_epoch, finished = self._restore() if resume else (0, False)
         if finished:
             # NOTE: a finished run is not extended (its schedule ended); raising train.epochs needs a new run
-            logger.info("fold %d already finished at epoch %d: nothing to resume (to train longer, start a new "
-                        "run without --resume)", self.fold, start_epoch)
+            logger.info("%s already finished at epoch %d: nothing to resume (to train longer, start a new run "
+                        "without --resume)", self.label, start_epoch)
         if info.is_main:
             self._prepare_folder(fresh=start_epoch == 0)
 
@@ -265,7 +299,7 @@ class FoldRun:
         cfg, info, data = self.cfg, self.info, self.data
         self._set_frozen(epoch <= cfg.train.freeze_encoder_epochs)
         data.set_epoch(cfg.experiment.seed, epoch, info.rank)
-        bar = tqdm(total=data.num_batches, desc=f"fold {self.fold} epoch {epoch}/{cfg.train.epochs}", leave=False,
+        bar = tqdm(total=data.num_batches, desc=f"{self.label} epoch {epoch}/{cfg.train.epochs}", leave=False,
                    disable=not show_progress(info.is_main and cfg.train.progress), dynamic_ncols=True)
         start = time.perf_counter()
         with bar:
@@ -278,7 +312,12 @@ class FoldRun:
         key = "score" if self.maximize else "valid_loss"
         self.trainer.schedule.step_epoch(epoch, results["model"][key])
         candidates = {name: (r[key], r["score"]) for name, r in results.items()}
-        if self.tracker.update(epoch, candidates) and info.is_main:
+        if self.full:  # no validation: the latest weights (the EMA when there is one) are the result
+            weights = "ema" if self.ema is not None else "model"
+            self.tracker.best_epoch, self.tracker.best_weights = epoch, weights
+            if info.is_main:
+                self._save_weights(self.fold_dir / "best.pt", epoch, weights, candidates[weights])
+        elif self.tracker.update(epoch, candidates) and info.is_main:
             self._save_weights(self.fold_dir / "best.pt", epoch, *self.tracker.pick(candidates))
         if info.is_main:
             name, dropped = self.tracker.offer_top_k(epoch, self.tracker.pick(candidates)[1][0])
@@ -286,7 +325,7 @@ class FoldRun:
                 self._save_weights(self.fold_dir / name, epoch, *self.tracker.pick(candidates))
             remove_files(self.fold_dir, dropped)
             average = cfg.train.average
-            if average is not None and average.method == "swa":
+            if average is not None and (average.method == "swa" or self.full):
                 save_checkpoint(self.fold_dir / avg.swa_file(epoch), {"model": self.model.state_dict(),
                                                                      "config": self.cfg_dict, "epoch": epoch})
                 remove_files(self.fold_dir, avg.swa_window(self.fold_dir, epoch, average.count)[1])
@@ -305,6 +344,8 @@ class FoldRun:
         return metrics
 
     def _evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        if self.full:
+            return {"valid_loss": math.nan, "score": math.nan}
         try:
             return evaluate(model, self.data.valid_loader, self.objective, self._score, self.trainer)
         except TrainingError as exc:
@@ -380,7 +421,8 @@ class FoldRun:
         """Load `last.pt` into every stateful part; returns (completed epochs, finished)."""
         path = self.fold_dir / "last.pt"
         if not path.is_file():
-            logger.info("no %s to resume from: fold %d starts from scratch", path, self.fold)
+            start = f"from {self.init_weights}" if self.init_weights is not None else "from scratch"
+            logger.info("no %s to resume from: %s starts %s", path, self.label, start)
             return 0, False
         state = load_checkpoint(path, map_location=self.info.device)
         for section in ("model", "data"):
@@ -404,11 +446,21 @@ class FoldRun:
         return int(state["epoch"]), bool(state["finished"])
 
     def _summary_line(self, m: dict[str, Any]) -> str:
+        speed = f"lr {m['lr']:.2e} {m['images_per_second']:.1f} img/s {m['seconds']:.0f}s"
+        if self.full:
+            return f"{self.label} epoch {m['epoch']}/{self.cfg.train.epochs}: train_loss {m['train_loss']:.4f} {speed}"
         ema = f" ema {m['ema_score']:.4f}" if "ema_score" in m else ""
         best = f"{m['best_score']:.4f} (epoch {m['best_epoch']}, {self.tracker.best_weights})"
-        return (f"fold {self.fold} epoch {m['epoch']}/{self.cfg.train.epochs}: train_loss {m['train_loss']:.4f} "
-                f"valid_loss {m['valid_loss']:.4f} score {m['score']:.4f}{ema} best {best} "
-                f"lr {m['lr']:.2e} {m['images_per_second']:.1f} img/s {m['seconds']:.0f}s")
+        return (f"{self.label} epoch {m['epoch']}/{self.cfg.train.epochs}: train_loss {m['train_loss']:.4f} "
+                f"valid_loss {m['valid_loss']:.4f} score {m['score']:.4f}{ema} best {best} {speed}")
+
+    def _folds_chose_average(self) -> bool:
+        """A full fit cannot score its average: it follows the folds (most of them kept their average)."""
+        out = Path(self.cfg.experiment.output_dir)
+        inner = self.fold_dir.relative_to(out / FULL).as_posix()  # "." or "stage<s>"
+        pattern = "fold[0-9]*/result.json" if inner == "." else f"fold[0-9]*/{inner}/result.json"
+        chosen = [json.loads(p.read_text()).get("checkpoint") == avg.AVERAGED_FILE for p in out.glob(pattern)]
+        return bool(chosen) and sum(chosen) * 2 > len(chosen)
 
     @torch.no_grad()
     def _write_oof(self, checkpoint: str) -> Path:
@@ -419,7 +471,7 @@ class FoldRun:
         entry = checkpoint_entry(self.fold_dir / checkpoint, self.fold, None)  # NOTE stamped before it is read
         best = load_checkpoint(self.fold_dir / checkpoint, map_location=self.info.device)
         entry["epoch"] = int(best["epoch"])
-        logger.info("fold %d: OOF from %s (epoch %d, %s weights)", self.fold, checkpoint, best["epoch"],
+        logger.info("%s: OOF from %s (epoch %d, %s weights)", self.label, checkpoint, best["epoch"],
                     best.get("weights", "model"))
         record = new_record("train", cfg, checkpoints=[entry], folds=[self.fold], tta="none")
         self.model.load_state_dict(best["model"])
@@ -443,14 +495,13 @@ class FoldRun:
         """
         cfg, info, average = self.cfg, self.info, self.cfg.train.average
         barrier(info)
-        if average.method == "swa":
+        if average.method == "swa" or self.full:  # NOTE a full fit has no scores to rank: the last epochs
             names = avg.swa_window(self.fold_dir, epoch, average.count)[0]
         else:
             names = [item[2] for item in self.tracker.kept[: average.count]]
         if len(names) < 2:
             if info.is_main:
-                logger.warning("fold %d: train.average needs two checkpoints, found %s; not averaged", self.fold,
-                               names)
+                logger.warning("%s: train.average needs two checkpoints, found %s; not averaged", self.label, names)
             return None
         states = [load_checkpoint(self.fold_dir / name, map_location=self.info.device)["model"] for name in names]
         self.model.load_state_dict(avg.average_state_dicts(states))
@@ -464,7 +515,7 @@ class FoldRun:
             self.model.load_state_dict(broadcast_object(self.model.state_dict(), info))
         metrics = self._evaluate(self.model, epoch)
         value = metrics["score" if self.maximize else "valid_loss"]
-        won = self.tracker.better(value, self.tracker.best_value)
+        won = self._folds_chose_average() if self.full else self.tracker.better(value, self.tracker.best_value)
         summary = {"method": average.method, "epochs": avg.epochs_of(names), "score": metrics["score"],
                    "valid_loss": metrics["valid_loss"], "value": value, "monitor": cfg.train.monitor, "won": won,
                    "best_epoch_value": self.tracker.best_value, "bn_batches": bn_batches}
@@ -474,8 +525,10 @@ class FoldRun:
             write_json_atomic(self.fold_dir / "average.json", summary)
             verdict = f"beats the best epoch {self.tracker.best_epoch}: {avg.AVERAGED_FILE} is used" if won else (
                 f"does not beat epoch {self.tracker.best_epoch}: best.pt is used")
-            logger.info("fold %d: %s average of epochs %s (BatchNorm recomputed on %d batches): %s %.4f vs %.4f; %s",
-                        self.fold, average.method, summary["epochs"], bn_batches, cfg.train.monitor, value,
+            if self.full:
+                verdict = (f"{avg.AVERAGED_FILE} is used" if won else "best.pt is used") + " (as most folds chose)"
+            logger.info("%s: %s average of epochs %s (BatchNorm recomputed on %d batches): %s %.4f vs %.4f; %s",
+                        self.label, average.method, summary["epochs"], bn_batches, cfg.train.monitor, value,
                         self.tracker.best_value, verdict)
         barrier(info)
         return summary

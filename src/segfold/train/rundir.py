@@ -7,7 +7,9 @@ again with `overwrite=True`; the latter moves the old folder to
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from segfold.errors import ConfigError, TrainingError
@@ -24,29 +26,41 @@ def describe_run(fold_dir: Path) -> str:
     if path.is_file():
         try:
             state = load_checkpoint(path)
-            return f"best.pt of epoch {state.get('epoch')}, score {float(state.get('score', float('nan'))):.4f}"
+            score = float(state.get("score", float("nan")))
+            # NOTE a full-data fit has no validation: its checkpoints carry no score
+            return f"best.pt of epoch {state.get('epoch')}" + ("" if math.isnan(score) else f", score {score:.4f}")
         except TrainingError:
             return "best.pt (unreadable)"
     return ", ".join(name for name in RUN_FILES if (fold_dir / name).is_file())
 
 
-def check_fold_dir(fold_dir: Path, fold: int, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a fresh run over a trained fold unless `overwrite`; checks only (every rank may call)."""
+def check_fold_dir(fold_dir: Path, fold: int | str, resume: bool, overwrite: bool, inner: Sequence[str] = ()
+                   ) -> None:
+    """Refuse to start a fresh run over a trained fold unless `overwrite`; checks only (every rank may call).
+
+    Args:
+        inner: sub-folders of `fold_dir` that hold runs too (a staged run's earlier stages, `stage<s>`);
+            they move with `fold_dir`.
+    """
     if resume and overwrite:
         raise ConfigError("give --resume (continue the run) or --overwrite (start again), not both")
-    held = [name for name in RUN_FILES if (fold_dir / name).is_file()]
-    if overwrite or not held:
+    if overwrite:
         return
-    if not resume:
-        raise TrainingError(
-            f"{fold_dir} already holds a run of fold {fold} ({describe_run(fold_dir)}); continue it with --resume, "
-            f"or start again with --overwrite (the old run is moved to {fold_dir.parent / REPLACED}/, not deleted)"
-        )
-    if "last.pt" not in held:
-        raise TrainingError(
-            f"{fold_dir} has best.pt but no last.pt to resume from; start again with --overwrite (the old run is "
-            f"moved to {fold_dir.parent / REPLACED}/, not deleted)"
-        )
+    aside = fold_dir.parent / REPLACED
+    for folder in [fold_dir, *(fold_dir / name for name in inner)]:
+        held = [name for name in RUN_FILES if (folder / name).is_file()]
+        if not held:
+            continue
+        if not resume:
+            raise TrainingError(
+                f"{folder} already holds a run of fold {fold} ({describe_run(folder)}); continue it with --resume, "
+                f"or start again with --overwrite (the old run is moved to {aside}/, not deleted)"
+            )
+        if "last.pt" not in held:
+            raise TrainingError(
+                f"{folder} has best.pt but no last.pt to resume from; start again with --overwrite (the old run is "
+                f"moved to {aside}/, not deleted)"
+            )
 
 
 def prepare_fold_dir(fold_dir: Path, overwrite: bool) -> Path | None:
