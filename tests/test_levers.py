@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -18,6 +20,7 @@ from segfold.data.formats import read_train
 from segfold.errors import DataError
 from segfold.models import build_model
 from segfold.probs import ProbStore, load_checkpoint, load_checkpoint_model, selected_checkpoint, store_exists
+from segfold.runs import read_runs, record_run, settings_hash
 from segfold.train import train
 from segfold.train.average import average_state_dicts, recompute_batchnorm
 from segfold.train.data import build_fold_data, split_fold
@@ -228,6 +231,14 @@ def test_stages_run_in_sequence_from_the_previous_best_and_resume_inside_a_stage
     assert json.loads((fold_dir / "result.json").read_text())["stages"][0]["best_epoch"] == result["stages"][0][
         "best_epoch"]
 
+    from segfold.runs import read_runs
+
+    rows = {r["stage"]: r for r in read_runs(tmp_path)}
+    assert sorted(rows) == ["final", "stage1"]
+    assert float(rows["stage1"]["fold0"]) == pytest.approx(result["stages"][0]["best_score"], abs=1e-6)
+    assert float(rows["final"]["fold0"]) == pytest.approx(result["best_score"], abs=1e-6)
+    assert rows["stage1"]["config_hash"] != rows["final"]["config_hash"]
+
     start = load_checkpoint(stage1 / "best.pt")["model"]
     end = load_checkpoint(fold_dir / "best.pt")["model"]
     weights = [k for k, v in start.items() if v.is_floating_point() and "running" not in k]
@@ -268,3 +279,34 @@ def test_full_fit_trains_every_image_for_the_median_best_epoch(tiny_data, tmp_pa
     configured = tiny_config(tiny_data, tmp_path, data={"folds": {"n_folds": 3, "holdout": 0.25}},
                              train={"full_epochs": 1})
     assert train(configured, "full", overwrite=True)["epochs_run"] == 1
+
+
+# ---------------------------------------------------------------------------------------- runs.csv
+
+
+def test_runs_csv_rows_per_experiment_and_stage_and_log_lb(tmp_path, repo_root):
+    assert settings_hash({"a": 1, "b": [1, 2]}) == settings_hash({"b": [1, 2], "a": 1}) != settings_hash({"a": 2})
+    record_run(tmp_path, "exp", fold0=0.5, config_hash="abc")
+    record_run(tmp_path, "exp", fold1=0.7)
+    record_run(tmp_path, "exp", "stage1", fold0=0.4)
+    record_run(tmp_path, "other", fold0=0.9, oof_before=0.8, oof_after=0.85, holdout=0.83)
+    rows = {(r["experiment"], r["stage"]): r for r in read_runs(tmp_path)}
+    final = rows[("exp", "final")]
+    # mean and population std of 0.5 and 0.7, by hand: 0.6 and 0.1
+    assert (final["fold0"], final["fold1"], final["cv_mean"], final["cv_std"]) == (
+        "0.500000", "0.700000", "0.600000", "0.100000")
+    assert final["config_hash"] == "abc" and rows[("exp", "stage1")]["cv_mean"] == "0.400000"
+    header = (tmp_path / "runs.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["experiment", "stage", "config_hash", "fold0", "fold1"] and header[-1] == "updated"
+
+    script = [sys.executable, str(repo_root / "scripts" / "log_lb.py")]
+    done = subprocess.run([*script, "exp", "0.812", "--output-root", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "cv_mean 0.600000" in done.stdout
+    rows = {(r["experiment"], r["stage"]): r for r in read_runs(tmp_path)}
+    assert rows[("exp", "final")]["public_lb"] == "0.812000" and rows[("exp", "stage1")]["public_lb"] == ""
+    missing = subprocess.run([*script, "nope", "0.8", "--output-root", str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert "no row for experiment 'nope'" in missing.stderr and "exp (final)" in missing.stderr
+    bad = subprocess.run([*script, "exp", "high", "--output-root", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "error: score 'high' is not a number" in bad.stderr

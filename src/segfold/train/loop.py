@@ -45,6 +45,7 @@ from segfold.probs import (
     probabilities,
     resize_probs,
 )
+from segfold.runs import record_run, settings_hash, stage_name
 from segfold.train import average as avg
 from segfold.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from segfold.train.checks import check_training_config
@@ -148,6 +149,8 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
             result = run.fit(resume, callback)
         results.append(result)
         init, offset = folder / result["checkpoint"], offset + stage_cfg.train.epochs
+        if info.is_main and fold != FULL:
+            _record_fold(stage_cfg, fold, stage_name(number, len(configs)), result["best_score"])
     final = results[-1]
     if len(results) > 1:
         final["stages"] = [{key: r[key] for key in ("best_score", "best_epoch", "best_weights", "epochs_run",
@@ -155,6 +158,14 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
         if info.is_main:
             write_json_atomic(fold_dir / "result.json", final)
     return final
+
+
+def _record_fold(cfg: Any, fold: int, stage: str, score: float | None) -> None:
+    """The fold's best score in `outputs/runs.csv` (row: experiment, stage), with the settings' hash."""
+    settings = config_to_dict(cfg)
+    settings["experiment"] = {"seed": cfg.experiment.seed}  # the same settings under another name: same hash
+    record_run(cfg.experiment.output_root, cfg.experiment.name, stage, config_hash=settings_hash(settings),
+               **{f"fold{fold}": score})
 
 
 def train_folds(cfg: Any, folds: Sequence[int], resume: bool = False, overwrite: bool = False) -> list[dict[str, Any]]:
