@@ -15,8 +15,10 @@ from torch import nn
 
 from segfold.config import ConfigError, validate_config
 from segfold.config.load import stage_configs
+from segfold.data import rle
 from segfold.data.folds import holdout_ids, load_folds, write_folds
 from segfold.data.formats import read_train
+from segfold.data.pseudo import write_pseudo
 from segfold.errors import DataError
 from segfold.models import build_model
 from segfold.probs import ProbStore, load_checkpoint, load_checkpoint_model, selected_checkpoint, store_exists
@@ -25,6 +27,7 @@ from segfold.train import train
 from segfold.train.average import average_state_dicts, recompute_batchnorm
 from segfold.train.data import build_fold_data, split_fold
 from segfold.train.distributed import DistInfo
+from segfold.train.engine import Trainer
 from segfold.train.loop import FoldRun
 from test_train import tiny_config, tiny_data  # noqa: F401  (the module's data fixture)
 
@@ -310,3 +313,35 @@ def test_runs_csv_rows_per_experiment_and_stage_and_log_lb(tmp_path, repo_root):
     assert "no row for experiment 'nope'" in missing.stderr and "exp (final)" in missing.stderr
     bad = subprocess.run([*script, "exp", "high", "--output-root", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 1 and "error: score 'high' is not a number" in bad.stderr
+
+
+# -------------------------------------------------------------------------------------- pseudo-labels
+
+
+def test_pseudo_images_join_training_batches_and_never_a_validation_batch(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    pseudo_ids = ["test_0000.jpg", "test_0001.jpg"]
+    mask = np.zeros((128, 256), dtype=np.uint8)
+    mask[10:40, 20:90] = 1
+    folder = tmp_path / "pseudo"
+    write_pseudo(folder, validate_config({}).data, tiny_data / "test_images",
+                 [("test_0000.jpg", "2", rle.encode(mask))], pseudo_ids, {"rule": "by hand"})
+    cfg = tiny_config(tiny_data, tmp_path, data={"pseudo": {"path": str(folder), "share": 0.25}},
+                      train={"epochs": 2})
+
+    seen = {"train": [], "no_grad": []}
+    to_device = Trainer.to_device
+
+    def recording(self, batch):
+        seen["train" if torch.is_grad_enabled() else "no_grad"].append(list(batch["image_id"]))
+        return to_device(self, batch)
+
+    monkeypatch.setattr(Trainer, "to_device", recording)
+    train(cfg, 0)
+    # 12 real training images, batches of 4 with round(0.25 * 4) = 1 pseudo image: ceil(12 / 3) = 4 batches
+    assert len(seen["train"]) == 2 * 4
+    assert all(sum(i in pseudo_ids for i in batch) == 1 for batch in seen["train"])
+    assert not any(i in pseudo_ids for batch in seen["no_grad"] for i in batch)  # validation and OOF
+    folds = pd.read_csv(tmp_path / "tiny" / "folds.csv")
+    assert not set(pseudo_ids) & set(folds["ImageId"])
+    store = ProbStore.open(tmp_path / "tiny" / "fold0", "oof")
+    assert store.image_ids == folds.loc[folds["fold"] == 0, "ImageId"].tolist()

@@ -106,6 +106,22 @@ class SamplerConfig(StrictModel):
         return share.start + (share.end - share.start) * min(max(fraction, 0.0), 1.0)
 
 
+class PseudoConfig(StrictModel):
+    """Pseudo-labels: confident test predictions added to every fold's training batches.
+
+    `scripts/pseudo_label.py` keeps a test image when at least `confident` of its pixels (over every
+    class) have p < `low` or p > `high`, and writes its masks, binarised like the submission, to
+    `outputs/<exp>/pseudo/`. Training with `path` set (that folder) draws `share` of each batch from
+    them; they never enter validation, the OOF or the folds file.
+    """
+
+    path: str | None = None
+    share: float = Field(0.25, gt=0.0, lt=1.0)
+    low: float = Field(0.1, ge=0.0, lt=0.5)
+    high: float = Field(0.9, gt=0.5, le=1.0)
+    confident: float = Field(0.98, gt=0.0, le=1.0)
+
+
 class DataConfig(StrictModel):
     root: str = "input/demo"
     format: Format = "csv_long"
@@ -137,6 +153,7 @@ class DataConfig(StrictModel):
     folds: FoldsConfig = FoldsConfig()
     augment: AugmentConfig = AugmentConfig()
     sampler: SamplerConfig = SamplerConfig()
+    pseudo: PseudoConfig = PseudoConfig()
 
     @field_validator("classes")
     @classmethod

@@ -72,4 +72,4 @@ class Config(StrictModel):
 
 
 STAGE_SECTIONS = ("data", "loss", "optim", "scheduler", "train")
-STAGE_DATA_KEYS = ("image_size", "augment", "sampler")
+STAGE_DATA_KEYS = ("image_size", "augment", "sampler", "pseudo")

@@ -371,6 +371,13 @@ def read_train(data_cfg: DataConfig) -> Annotations:
     return annotations
 
 
+def read_labels_of(data_cfg: DataConfig, image_ids: list[str]) -> Annotations:
+    """The labels of exactly `image_ids` from `data.train_csv` (a CSV format; ids without a row are empty)."""
+    if data_cfg.format not in CSV_FORMATS:
+        raise DataError(f"read_labels_of reads the CSV formats, not {data_cfg.format!r}")
+    return _read_csv_labels(data_cfg, data_cfg.root_path / data_cfg.train_csv, "train", list(image_ids))
+
+
 def read_test_labels(data_cfg: DataConfig) -> Annotations:
     """The labels of the test images where a competition keeps them (`data.test_labels`, the demo does)."""
     if data_cfg.test_labels is None or data_cfg.format not in CSV_FORMATS:

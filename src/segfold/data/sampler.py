@@ -135,3 +135,64 @@ class PositiveShareSampler(Sampler[int]):
         """Restore the epoch and seed of `state_dict()`; the share and sizes come from the new config."""
         self.epoch = int(state["epoch"])
         self.seed = int(state["seed"])
+
+
+class PseudoMixSampler(Sampler[int]):
+    """Add pseudo-labelled images to every batch at a fixed share, on top of a sampler of the real images.
+
+    The real images come from `base` (shuffled, or positive-share; already sharded for DDP), each once
+    per epoch; every batch of `batch_size` holds `round(share * batch_size)` pseudo images (rounding
+    carried over) and real ones in the remaining slots, so the epoch grows to
+    `ceil(len(base) / ((1 - share) * batch_size))` batches. Pseudo indices are `offset + j` (their
+    position after the real images in a ConcatDataset), drawn in whole shuffled passes.
+    """
+
+    def __init__(self, base: Any, n_pseudo: int, offset: int, share: float, *, batch_size: int, seed: int = 0,
+                 rank: int = 0) -> None:
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"the pseudo share must be in (0, 1), got {share}")
+        if n_pseudo < 1:
+            raise ValueError("no pseudo-labelled image to mix in")
+        self.base, self.n_pseudo, self.offset, self.share = base, int(n_pseudo), int(offset), float(share)
+        self.batch_size, self.seed, self.rank, self.epoch = int(batch_size), int(seed), int(rank), 0
+        self.batches = max(1, math.ceil(len(base) / ((1.0 - self.share) * self.batch_size)))
+
+    def __len__(self) -> int:
+        return self.batches * self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.base.set_epoch(epoch)
+
+    def pseudo_per_batch(self) -> np.ndarray:
+        cumulative = np.floor(self.share * self.batch_size * np.arange(self.batches + 1) + 0.5).astype(np.int64)
+        return np.diff(cumulative)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 7])
+        n_pseudo = self.pseudo_per_batch()
+        real_needed = self.batches * self.batch_size - int(n_pseudo.sum())
+        real = np.asarray(list(iter(self.base)), dtype=np.int64)
+        if real.size < real_needed:  # the rounding of the last batch: wrap around
+            real = np.concatenate([real, real[: real_needed - real.size]])
+        pseudo = self.offset + _stream(np.arange(self.n_pseudo), int(n_pseudo.sum()), rng)
+        order, r, q = [], 0, 0
+        for count in n_pseudo:
+            batch = np.concatenate([pseudo[q:q + count], real[r:r + self.batch_size - count]])
+            q, r = q + count, r + self.batch_size - count
+            order.extend(rng.permutation(batch).tolist())
+        return iter(order)
+
+    def set_share(self, share: float) -> None:
+        """The positive share of the real images (a falling share), passed to the base sampler."""
+        if hasattr(self.base, "set_share"):
+            self.base.set_share(share)
+
+    def state_dict(self) -> dict[str, Any]:
+        base = self.base.state_dict() if hasattr(self.base, "state_dict") else {}
+        return {"epoch": self.epoch, "base": base}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        if hasattr(self.base, "load_state_dict") and state.get("base"):
+            self.base.load_state_dict(state["base"])

@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset, get_worker_info
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, Subset, get_worker_info
 
 from segfold.cores import resolve_loader_workers, worker_threads
 from segfold.data.dataset import SegmentationDataset
 from segfold.data.demo import ensure_demo_data
 from segfold.data.folds import load_folds
 from segfold.data.formats import read_train
-from segfold.data.sampler import PositiveShareSampler
+from segfold.data.pseudo import read_pseudo
+from segfold.data.sampler import PositiveShareSampler, PseudoMixSampler
 from segfold.data.transforms import build_transforms
 from segfold.errors import ConfigError, DataError
 from segfold.train.distributed import DistInfo, barrier, shard_indices
@@ -76,6 +77,14 @@ class FoldData:
         transforms = getattr(self.train_dataset, "transforms", None)
         if transforms is not None and hasattr(transforms, "set_random_seed"):
             transforms.set_random_seed(epoch_seed % 2**32)  # used as is when num_workers == 0
+
+
+class _TrainingSet(ConcatDataset):
+    """Real then pseudo-labelled training images; `transforms` (shared by both) for the worker seeding."""
+
+    @property
+    def transforms(self) -> Any:
+        return self.datasets[0].transforms
 
 
 def split_fold(cfg: Any, fold: int | str, info: DistInfo) -> tuple[Any, list[str], list[str]]:
@@ -143,13 +152,22 @@ def build_fold_data(cfg: Any, fold: int | str, info: DistInfo, mean: list[float]
                                             num_replicas=info.world_size, rank=info.rank)
     else:
         sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
+    loader_ds: Any = train_ds
+    if cfg.data.pseudo.path is not None:
+        # NOTE pseudo images join the training batches only: validation, the OOF and the folds never see them
+        pseudo_cfg, pseudo_ann = read_pseudo(cfg.data)
+        pseudo_ds = SegmentationDataset(pseudo_cfg, pseudo_ann.image_ids, transforms=train_ds.transforms,
+                                        **{**common, "annotations": pseudo_ann})
+        loader_ds = _TrainingSet([train_ds, pseudo_ds])
+        sampler = PseudoMixSampler(sampler, len(pseudo_ds), len(train_ds), cfg.data.pseudo.share,
+                                   batch_size=batch_size, seed=seed, rank=info.rank)
     generator = torch.Generator()
     pin = info.device.type == "cuda"
     workers = resolve_loader_workers(cfg.train.num_workers, batch_size, info.device.type)
     # NOTE a last batch of one image breaks BatchNorm in training mode: drop it (only it).
     drop_last = len(sampler) % batch_size == 1 and len(sampler) > 1
     train_loader = DataLoader(
-        train_ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin, drop_last=drop_last,
+        loader_ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin, drop_last=drop_last,
         generator=generator, worker_init_fn=_seed_worker, persistent_workers=False,
     )
     num_batches = len(train_loader)
