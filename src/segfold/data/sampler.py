@@ -68,6 +68,7 @@ class PositiveShareSampler(Sampler[int]):
             raise ValueError("presence is empty: there is nothing to sample")
         self.positives = np.flatnonzero(positive)
         self.negatives = np.flatnonzero(~positive)
+        self._warned = False
         self.set_share(share)
         self.num_samples = int(num_samples) if num_samples is not None else len(positive)
         self.seed, self.batch_size = int(seed), int(batch_size)
@@ -89,14 +90,14 @@ class PositiveShareSampler(Sampler[int]):
             raise ValueError(f"share must be in [0, 1], got {share}")
         total = self.positives.size + self.negatives.size
         self.share = float(share)
+        problem = None
         if self.share > 0 and self.positives.size == 0:
-            warnings.warn(f"PositiveShareSampler: no positive image among {total}; batches are all empty "
-                          "images", stacklevel=2)
-            self.share = 0.0
+            problem, self.share = f"no positive image among {total}; batches are all empty images", 0.0
         elif self.share < 1 and self.negatives.size == 0:
-            warnings.warn(f"PositiveShareSampler: no empty image among {total}; batches are all positive",
-                          stacklevel=2)
-            self.share = 1.0
+            problem, self.share = f"no empty image among {total}; batches are all positive", 1.0
+        if problem is not None and not self._warned:  # once, not every epoch of a falling share
+            warnings.warn(f"PositiveShareSampler: {problem}", stacklevel=2)
+            self._warned = True
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order `__iter__` gives (call it before each epoch)."""

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from segfold.config.load import config_to_dict, save_config, stage_configs
 from segfold.cores import apply_threads
 from segfold.encoders import get_preprocessing_params
-from segfold.errors import TrainingError
+from segfold.errors import ConfigError, TrainingError
 from segfold.io import ensure_dir, write_json_atomic
 from segfold.models import build_model, unpack_outputs
 from segfold.probs import (
@@ -122,8 +122,12 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
     """
     info = init_distributed(cfg.train.device)
     configs = stage_configs(cfg)
-    for stage_cfg in configs:
-        check_training_config(stage_cfg)
+    for index, stage_cfg in enumerate(configs):
+        try:
+            check_training_config(stage_cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"stages[{index}] (merged into the config): {exc}" if len(configs) > 1 else str(exc)
+                              ) from None
     if fold == FULL:
         configs = full_fit_configs(configs)
     fold_dir = Path(cfg.experiment.output_dir) / (FULL if fold == FULL else f"fold{fold}")
@@ -534,12 +538,15 @@ class FoldRun:
             if won:
                 self._save_weights(self.fold_dir / avg.AVERAGED_FILE, epoch, "averaged", (value, metrics["score"]))
             write_json_atomic(self.fold_dir / "average.json", summary)
-            verdict = f"beats the best epoch {self.tracker.best_epoch}: {avg.AVERAGED_FILE} is used" if won else (
-                f"does not beat epoch {self.tracker.best_epoch}: best.pt is used")
-            if self.full:
-                verdict = (f"{avg.AVERAGED_FILE} is used" if won else "best.pt is used") + " (as most folds chose)"
-            logger.info("%s: %s average of epochs %s (BatchNorm recomputed on %d batches): %s %.4f vs %.4f; %s",
-                        self.label, average.method, summary["epochs"], bn_batches, cfg.train.monitor, value,
-                        self.tracker.best_value, verdict)
+            done = (f"{average.method} average of epochs {summary['epochs']} (BatchNorm recomputed on {bn_batches} "
+                    "batches)")
+            if self.full:  # nothing to score it on
+                chosen = avg.AVERAGED_FILE if won else "best.pt (the last epoch)"
+                logger.info("%s: %s; %s is used, as most folds chose", self.label, done, chosen)
+            else:
+                verdict = f"beats the best epoch {self.tracker.best_epoch}: {avg.AVERAGED_FILE} is used" if won else (
+                    f"does not beat epoch {self.tracker.best_epoch}: best.pt is used")
+                logger.info("%s: %s: %s %.4f vs %.4f; %s", self.label, done, cfg.train.monitor, value,
+                            self.tracker.best_value, verdict)
         barrier(info)
         return summary
