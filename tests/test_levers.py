@@ -19,7 +19,7 @@ from segfold.data import rle
 from segfold.data.folds import holdout_ids, load_folds, write_folds
 from segfold.data.formats import read_train
 from segfold.data.pseudo import write_pseudo
-from segfold.errors import DataError
+from segfold.errors import DataError, TrainingError
 from segfold.models import build_model
 from segfold.probs import ProbStore, load_checkpoint, load_checkpoint_model, selected_checkpoint, store_exists
 from segfold.runs import read_runs, record_run, settings_hash
@@ -258,6 +258,18 @@ def test_a_stage_may_not_change_the_model_or_the_split():
         validate_config({"stages": [{}, {"data": {"folds": {"n_folds": 3}}}]})
     with pytest.raises(ConfigError, match=r"stages\[0\]: key 'train.epochs' = 0"):
         validate_config({"stages": [{"train": {"epochs": 0}}]})
+
+
+def test_a_staged_run_checks_each_stage_before_training(tiny_data, tmp_path):  # noqa: F811
+    bad_loss = [{}, {"loss": {"terms": [{"name": "lovasz_hinge"}]}}]
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(merged into the config\): loss.terms\[0\].name"):
+        train(tiny_config(tiny_data, tmp_path, stages=bad_loss), 0)
+    stage1 = tmp_path / "tiny" / "fold0" / "stage1"
+    stage1.mkdir(parents=True)
+    (stage1 / "best.pt").write_bytes(b"")  # an earlier stage's run: a fresh start must not go over it
+    with pytest.raises(TrainingError, match=r"fold0/stage1 already holds a run of fold 0 .*--overwrite"):
+        train(tiny_config(tiny_data, tmp_path, stages=STAGES), 0)
+    assert not (tmp_path / "tiny" / "fold0" / "last.pt").exists()
 
 
 # ------------------------------------------------------------------------------------------ full fit
