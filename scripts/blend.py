@@ -19,8 +19,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = add_allow_stale(add_config_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])))
     parser.add_argument("--configs", nargs="+", required=True, metavar="CONFIG", help="the members' experiment YAMLs")
     parser.add_argument("--out", required=True, metavar="NAME", help="the blend's experiment name (outputs/NAME/)")
-    parser.add_argument("--method", default="weighted", choices=["mean", "weighted", "geometric"],
-                        help="arithmetic mean, weighted mean (weights searched unless --weights) or geometric mean")
+    parser.add_argument("--method", default="weighted",
+                        choices=["mean", "weighted", "geometric", "rank", "power", "vote", "auto"],
+                        help="arithmetic mean, weighted mean (weights searched unless --weights), geometric mean, "
+                        "rank average, power (RMS) average, vote (at least k members, k tuned), or auto: each "
+                        "mode scored on the OOF, the best kept")
     parser.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per member (no search)")
     parser.add_argument("--trials", type=int, default=30, help="Optuna trials of the weight search")
     parser.add_argument("--max-images", type=int, default=500, help="OOF images each weight trial scores")

@@ -4,7 +4,8 @@ Usage: `python scripts/make_submission.py --config C [--score LABELS.csv]`.
 
 Applies the tuned post-processing (`outputs/<exp>/thresholds.json`, else the config's `postprocess`),
 encodes each mask in the competition's RLE, keeps the header and row order of `sample_submission.csv`,
-validates every row, then writes the file atomically. `--score` scores it against known test labels.
+validates every row, then writes the file atomically. `--score` scores it against known test labels
+(the score also goes to the experiment's `test_score` cell of `outputs/runs.csv`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from segfold.cli import add_allow_stale, add_config_arguments, config_from_args, script_main
+from segfold.runs import record_run
 
 
 @script_main
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         write_json_atomic(cfg.experiment.output_dir / "submission_score.json",
                           {"labels": args.score, "metric": cfg.data.metric, "score": result["score"]})
+        record_run(cfg.experiment.output_root, cfg.experiment.name, test_score=result["score"])
     return result
 
 

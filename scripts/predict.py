@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runtime", choices=["torch", "onnx", "torchscript"], default=None,
                         help="torch (eager), or the exports of scripts/export.py: onnx (onnxruntime), torchscript "
                              "(default infer.runtime)")
+    parser.add_argument("--models", choices=["folds", "full", "both"], default=None,
+                        help="fold models, the full-data fit, or both weighted by infer.full_weight "
+                        "(default infer.models)")
+    parser.add_argument("--split", choices=["test", "holdout"], default="test",
+                        help="the test images (default) or the holdout images (data.folds.holdout) -> "
+                        "outputs/<exp>/holdout/")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     if args.folds is not None and args.folds.strip().lower() == "all":
@@ -32,10 +38,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from segfold.predict import predict_test
 
+    if args.models is not None:
+        cfg = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"models": args.models})})
     store = predict_test(cfg, folds=parse_folds(args.folds), tta=args.tta, scales=args.scales,
-                         runtime=args.runtime)
+                         runtime=args.runtime, split=args.split)
     extra = " and aux-head class probabilities" if store.cls is not None else ""
-    print(f"test store: {store.folder / store.name}.* {list(store.shape)}{extra}")
+    print(f"{args.split} store: {store.folder / store.name}.* {list(store.shape)}{extra}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Blend the probability stores of several experiments: mean, weighted mean (weights searched), geometric mean.
+"""Blend the probability stores of several experiments: mean, weighted, geometric, rank, power (RMS), vote.
 
 Members must hold the same images (in any order) and the same classes at the same resolution.
 Probabilities are blended as floats (`u / 255`) and quantised once when written; the geometric mean
@@ -6,6 +6,14 @@ floors each probability at half a quantisation step so that a 0 does not veto th
 are searched with Optuna (TPE, seeded) on a sub-sample of the OOF: each trial blends the sample,
 histograms it and scores the best grid rules (`segfold.postprocess.histograms.grid_search`), so members
 are weighed by what they add once thresholds are tuned.
+
+More modes: `rank` averages each member's mid-rank of every value among its own OOF values of the
+class (a (C, 256) table per member from its OOF, applied to its OOF, test and holdout alike, so the
+thresholds tuned on the OOF blend mean the same on the test blend); `power` is the weighted
+root-mean-square; `vote` is the weighted share of members whose probability exceeds 0.5, so a
+threshold t on it keeps a pixel when at least `floor(t * n) + 1` of n equal-weight members say so (the
+threshold search chooses that k on the OOF). `auto` compares every mode on the OOF sample (weights
+searched for `weighted`, equal for the rest) and keeps the best.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from segfold.postprocess.histograms import PIXEL_BUDGET, collect_histograms, eva
 from segfold.postprocess.rules import PostprocessParams
 from segfold.postprocess.tune import default_min_areas, resolve_metric, tune_thresholds
 from segfold.probs import (
+    HOLDOUT_NAME,
     SCALE,
+    TEST_NAME,
     PackedTruth,
     ProbStore,
     StoreView,
@@ -34,6 +44,7 @@ from segfold.probs import (
     expected_folds,
     make_truth_reader,
     new_record,
+    open_holdout,
     open_oof,
     open_test,
     to_uint8,
@@ -41,7 +52,8 @@ from segfold.probs import (
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("mean", "weighted", "geometric")
+METHODS = ("mean", "weighted", "geometric", "rank", "power", "vote")
+AUTO = "auto"
 _FLOOR = 0.5 / SCALE
 
 
@@ -84,18 +96,58 @@ def normalise(weights: Sequence[float]) -> np.ndarray:
     return np.full(len(w), 1.0 / len(w)) if w.sum() <= 0 else w / w.sum()
 
 
-def blend_probs(probs: Sequence[np.ndarray], weights: Sequence[float], method: str) -> np.ndarray:
+def rank_table(source: Any) -> np.ndarray:
+    """`(C, 256)`: per class, the mid-rank of each uint8 value among all the store's values of that class.
+
+    The share of values below it plus half the share equal to it, in [0, 1].
+    """
+    num, classes, height, width = source.shape
+    counts = np.zeros((classes, 256), dtype=np.int64)
+    step = max(1, PIXEL_BUDGET // (classes * height * width))
+    for start in range(0, num, step):
+        probs = source.read_u8(np.arange(start, min(num, start + step)))
+        for c in range(classes):
+            counts[c] += np.bincount(probs[:, c].ravel(), minlength=256)
+    total = np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    below = np.cumsum(counts, axis=1) - counts
+    return ((below + counts / 2) / total).astype(np.float32)
+
+
+def _ranked(probs: np.ndarray, table: np.ndarray, channel: int | None) -> np.ndarray:
+    """uint8 probabilities `(n, C, H, W)` (or `(n, H, W)` of `channel`) mapped through a `(C, 256)` rank table."""
+    if probs.dtype != np.uint8:
+        raise ValueError("rank blending reads uint8 probabilities (the stores' own values)")
+    if channel is not None:
+        return table[channel][probs]
+    return table[np.arange(table.shape[0])[None, :, None, None], probs]
+
+
+def blend_probs(probs: Sequence[np.ndarray], weights: Sequence[float], method: str,
+                tables: Sequence[np.ndarray] | None = None, channel: int | None = None) -> np.ndarray:
     """Blend members' probabilities (uint8 `round(255 p)` or floats) into float32 probabilities.
 
     Args:
-        probs: one array per member, same shape.
+        probs: one array per member, same shape (`(n, C, H, W)`, or `(n, H, W)` of one `channel`).
         weights: one per member (normalised here); `mean` ignores them.
-        method: `mean`, `weighted` (arithmetic) or `geometric` (weights are exponents).
+        method: `mean`, `weighted` (arithmetic), `geometric` (weights are exponents), `rank` (weighted mean
+            of the members' ranks, from `tables`), `power` (weighted root-mean-square) or `vote` (weighted
+            share of members with p > 0.5).
+        tables: `rank` only: one `rank_table` per member.
+        channel: the class `probs` hold when they hold one (for the rank tables).
     """
     if method not in METHODS:
         raise ValueError(f"unknown blend method {method!r}; expected one of {', '.join(METHODS)}")
     w = normalise(np.ones(len(probs)) if method == "mean" else weights)
+    if method == "rank":
+        if tables is None or len(tables) != len(probs):
+            raise ValueError("rank blending needs one rank table per member (rank_table of its OOF)")
+        ranks = [_ranked(p, t, channel) for p, t in zip(probs, tables, strict=True)]
+        return sum(np.float32(wi) * r for wi, r in zip(w, ranks, strict=True)).astype(np.float32)
     floats = [p.astype(np.float32) / SCALE if p.dtype == np.uint8 else p.astype(np.float32) for p in probs]
+    if method == "power":
+        return np.sqrt(sum(np.float32(wi) * p * p for wi, p in zip(w, floats, strict=True))).astype(np.float32)
+    if method == "vote":
+        return sum(np.float32(wi) * (p > 0.5) for wi, p in zip(w, floats, strict=True)).astype(np.float32)
     if method == "geometric":
         log = sum(np.float32(wi) * np.log(np.maximum(p, np.float32(_FLOOR))) for wi, p in zip(w, floats, strict=True))
         return np.exp(log).astype(np.float32)
@@ -106,14 +158,17 @@ class BlendView:
     """A blend computed on read, with the `StoreView` interface (`read_u8`, `shape`, `image_ids`, `cls`)."""
 
     def __init__(self, members: Sequence[StoreView], rows: Sequence[np.ndarray], weights: Sequence[float],
-                 method: str) -> None:
+                 method: str, tables: Sequence[np.ndarray] | None = None) -> None:
         self.members, self.rows, self.weights, self.method = list(members), list(rows), list(weights), method
+        self.tables = tables
         ref = self.members[0]
         self.image_ids, self.classes, self.shape = ref.image_ids, ref.classes, ref.shape
         self.label = "blend of " + ", ".join(m.label for m in self.members)
         if all(m.cls is not None for m in self.members):
             cls = [m.cls[r] for m, r in zip(self.members, self.rows, strict=True)]
-            self.cls: np.ndarray | None = np.clip(blend_probs(cls, self.weights, method), 0, 1)
+            # NOTE class probabilities are averaged (rank / vote apply to the pixel maps only)
+            cls_method = method if method in ("mean", "weighted", "geometric", "power") else "weighted"
+            self.cls: np.ndarray | None = np.clip(blend_probs(cls, self.weights, cls_method), 0, 1)
         else:
             self.cls = None
 
@@ -124,7 +179,7 @@ class BlendView:
         """Float32 blended probabilities of `rows` (the first member's row order)."""
         rows = np.asarray(rows, dtype=np.int64)
         parts = [m.read_u8(r[rows], channel) for m, r in zip(self.members, self.rows, strict=True)]
-        return blend_probs(parts, self.weights, self.method)
+        return blend_probs(parts, self.weights, self.method, self.tables, channel)
 
     def read_u8(self, rows: Sequence[int] | np.ndarray, channel: int | None = None) -> np.ndarray:
         return to_uint8(self.blend(np.asarray(rows), channel))
@@ -159,7 +214,8 @@ def write_blend(view: BlendView, folder: str | Path, name: str, provenance: dict
 def search_weights(members: Sequence[StoreView], rows: Sequence[np.ndarray], truth_fn: TruthFn,
                    params: PostprocessParams, metric: str, empty_score: float, thresholds: Sequence[float],
                    min_areas: Sequence[int], method: str = "weighted", trials: int = 30, seed: int = 0,
-                   max_images: int = 500) -> tuple[np.ndarray, float, optuna.Study]:
+                   max_images: int = 500, tables: Sequence[np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, float, optuna.Study]:
     """Blend weights that maximise the grid-tuned OOF score, by TPE over a seeded image sample.
 
     Each trial draws one weight in [0, 1] per member (normalised to sum 1), blends the sample,
@@ -168,15 +224,8 @@ def search_weights(members: Sequence[StoreView], rows: Sequence[np.ndarray], tru
     Returns:
         The best normalised weights, their score on the sample, and the study.
     """
-    num = len(members[0])
-    sample = np.arange(num) if num <= max_images else \
-        np.sort(np.random.default_rng(seed).choice(num, max_images, replace=False))
-    truth_fn = PackedTruth(truth_fn, [members[0].image_ids[i] for i in sample])
-
-    def score(weights: np.ndarray) -> float:
-        hist = collect_histograms(BlendView(members, rows, weights, method), truth_fn, params.one_class_per_pixel,
-                                  rows=sample)
-        return grid_search(hist, params, metric, thresholds, min_areas, empty_score, rounds=1).score
+    score = sample_scorer(members, rows, truth_fn, params, metric, empty_score, thresholds, min_areas, method,
+                          seed, max_images, tables)
 
     def objective(trial: optuna.Trial) -> float:
         raw = [trial.suggest_float(f"w{k}", 0.0, 1.0) for k in range(len(members))]
@@ -188,6 +237,24 @@ def search_weights(members: Sequence[StoreView], rows: Sequence[np.ndarray], tru
     study.optimize(objective, n_trials=trials, n_jobs=1, show_progress_bar=False)
     best = normalise([study.best_trial.params[f"w{k}"] for k in range(len(members))])
     return best, float(study.best_value), study
+
+
+def sample_scorer(members: Sequence[StoreView], rows: Sequence[np.ndarray], truth_fn: TruthFn,
+                  params: PostprocessParams, metric: str, empty_score: float, thresholds: Sequence[float],
+                  min_areas: Sequence[int], method: str, seed: int = 0, max_images: int = 500,
+                  tables: Sequence[np.ndarray] | None = None) -> Any:
+    """`weights -> grid-tuned score` of the `method` blend on a seeded sample of at most `max_images` OOF images."""
+    num = len(members[0])
+    sample = np.arange(num) if num <= max_images else \
+        np.sort(np.random.default_rng(seed).choice(num, max_images, replace=False))
+    truth_fn = PackedTruth(truth_fn, [members[0].image_ids[i] for i in sample])
+
+    def score(weights: np.ndarray) -> float:
+        hist = collect_histograms(BlendView(members, rows, weights, method, tables), truth_fn,
+                                  params.one_class_per_pixel, rows=sample)
+        return grid_search(hist, params, metric, thresholds, min_areas, empty_score, rounds=1).score
+
+    return score
 
 
 def score_table(sources: dict[str, Any], truth_fn: TruthFn, params: PostprocessParams,
@@ -212,17 +279,20 @@ def format_table(table: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _open_tests(configs: dict[str, Any], allow_stale: bool = False) -> dict[str, StoreView] | None:
-    """Every member's test store, None when no member has one (DataError when only some do)."""
+def _open_tests(configs: dict[str, Any], allow_stale: bool = False, split: str = TEST_NAME
+                ) -> dict[str, StoreView] | None:
+    """Every member's test (or holdout) store, None when no member has one (DataError when only some do)."""
+    opener = open_test if split == TEST_NAME else open_holdout
     found, missing = {}, []
     for name, cfg in configs.items():
         try:
-            found[name] = open_test(cfg.experiment.output_dir, allow_stale=allow_stale)
+            found[name] = opener(cfg.experiment.output_dir, allow_stale=allow_stale)
         except DataError:
-            missing.append(f"'{name}' ({Path(cfg.experiment.output_dir) / 'test'})")
+            missing.append(f"'{name}' ({Path(cfg.experiment.output_dir) / split})")
     if found and missing:
-        raise DataError(f"test probabilities missing for {', '.join(missing)} but present for "
-                        f"{', '.join(repr(n) for n in found)}: run scripts/predict.py for every member")
+        flag = "" if split == TEST_NAME else f" --split {split}"
+        raise DataError(f"{split} probabilities missing for {', '.join(missing)} but present for "
+                        f"{', '.join(repr(n) for n in found)}: run scripts/predict.py{flag} for every member")
     return found or None
 
 
@@ -234,7 +304,7 @@ def run_blend(configs: Sequence[Any], name: str, method: str = "weighted", weigh
     Args:
         configs: the members' configs (their `outputs/<exp>/` hold the stores).
         name: the blend's experiment name.
-        method: `mean`, `weighted` or `geometric`.
+        method: one of `METHODS`, or `auto` (every mode compared on the OOF sample, the best kept).
         weights: one per member; None searches them for `weighted` and uses equal weights otherwise.
         trials: Optuna trials of the weight search.
         max_images: OOF images each weight trial scores (seeded sample).
@@ -263,6 +333,8 @@ def run_blend(configs: Sequence[Any], name: str, method: str = "weighted", weigh
     rows = align(oof, "OOF")
     tests = _open_tests(members, allow_stale)
     test_rows = align(tests, "test") if tests is not None else None
+    holdouts = _open_tests(members, allow_stale, HOLDOUT_NAME)
+    holdout_rows = align(holdouts, "holdout") if holdouts is not None else None
     ref = next(iter(oof.values()))
     if tests is not None and next(iter(tests.values())).classes != ref.classes:
         raise DataError(f"the test stores' classes differ from the OOF's {ref.classes}")
@@ -273,34 +345,57 @@ def run_blend(configs: Sequence[Any], name: str, method: str = "weighted", weigh
     thresholds = cfg.postprocess.tune.thresholds
     min_areas = cfg.postprocess.tune.min_areas or default_min_areas(height, width)
 
-    search = None
-    if weights is not None:
-        if len(weights) != len(members):
-            raise DataError(f"{len(weights)} weights for {len(members)} members ({', '.join(members)})")
+    if method != AUTO and method not in METHODS:
+        raise DataError(f"unknown blend method {method!r}; expected {AUTO} or one of {', '.join(METHODS)}")
+    tables = [rank_table(view) for view in oof.values()] if method in ("rank", AUTO) else None
+    search, modes = None, None
+    seed = cfg.experiment.seed
+    if weights is not None and len(weights) != len(members):
+        raise DataError(f"{len(weights)} weights for {len(members)} members ({', '.join(members)})")
+    if method == AUTO:  # every mode on the same OOF sample; the best one is used
+        modes = {}
+        for mode in METHODS:
+            if mode == "weighted" and weights is None:
+                w, value, _ = search_weights(list(oof.values()), rows, truth_fn, params, metric, empty, thresholds,
+                                             min_areas, mode, trials, seed, max_images, tables)
+            else:
+                w = normalise(weights if weights is not None and mode != "mean" else np.ones(len(members)))
+                value = sample_scorer(list(oof.values()), rows, truth_fn, params, metric, empty, thresholds,
+                                      min_areas, mode, seed, max_images, tables)(w)
+            modes[mode] = {"score": value, "weights": w.tolist()}
+            logger.info("  %-9s OOF sample score %.5f", mode, value)
+        method = max(modes, key=lambda m: modes[m]["score"])
+        w = np.asarray(modes[method]["weights"])
+        logger.info("blend mode chosen on the OOF: %s", method)
+    elif weights is not None:
         w = normalise(weights)
     elif method == "weighted":
         logger.info("searching blend weights: %d trials on up to %d OOF images", trials, max_images)
         w, value, _ = search_weights(list(oof.values()), rows, truth_fn, params, metric, empty, thresholds,
-                                     min_areas, method, trials, cfg.experiment.seed, max_images)
+                                     min_areas, method, trials, seed, max_images, tables)
         search = {"trials": trials, "images": min(max_images, len(ref)), "sample_score": value}
     else:
         w = normalise(np.ones(len(members)))
     logger.info("weights: %s (%s)", ", ".join(f"{n}={x:.3f}" for n, x in zip(members, w, strict=True)), method)
 
-    blended = write_blend(BlendView(list(oof.values()), rows, w, method), out_dir / "oof", "oof")
+    blended = write_blend(BlendView(list(oof.values()), rows, w, method, tables), out_dir / "oof", "oof")
     if tests is not None and test_rows is not None:
-        write_blend(BlendView(list(tests.values()), test_rows, w, method), out_dir / "test", "test")
+        write_blend(BlendView(list(tests.values()), test_rows, w, method, tables), out_dir / TEST_NAME, TEST_NAME)
     else:
         logger.info("no member has test probabilities (scripts/predict.py); blended the OOF only")
+    if holdouts is not None and holdout_rows is not None:  # scored by tune_thresholds below
+        write_blend(BlendView(list(holdouts.values()), holdout_rows, w, method, tables), out_dir / HOLDOUT_NAME,
+                    HOLDOUT_NAME)
     save_config(cfg, out_dir / "config.yaml")
     blend_source = StoreView([blended], str(out_dir / "oof"))
     table = score_table({**oof, name: blend_source}, truth_fn, params, metric, empty, thresholds, min_areas)
     logger.info(format_table(table, metric))
     write_json_atomic(out_dir / "blend.json", {
         "members": {n: str(c.experiment.output_dir) for n, c in members.items()}, "method": method,
-        "weights": dict(zip(members, w.tolist(), strict=True)), "search": search, "scores": table,
-        "test": tests is not None})
-    result: dict[str, Any] = {"weights": w, "table": table, "output_dir": out_dir, "config": cfg}
+        "weights": dict(zip(members, w.tolist(), strict=True)), "search": search, "modes": modes, "scores": table,
+        "test": tests is not None, "holdout": holdouts is not None})
+    result: dict[str, Any] = {"weights": w, "table": table, "output_dir": out_dir, "config": cfg, "method": method,
+                              "modes": modes}
     if tune:
         result["tuning"] = tune_thresholds(cfg, source=blend_source, truth_fn=truth_fn)
     logger.info("next: python scripts/make_submission.py --config %s", out_dir / "config.yaml")

@@ -22,7 +22,12 @@ class InferConfig(StrictModel):
     """
 
     folds: list[int] | None = Field(None, description="folds whose checkpoints predict; null = every fold found")
-    checkpoint: str = Field("best.pt", description="checkpoint file in each fold folder")
+    checkpoint: str = Field("auto", description="checkpoint file in each fold folder; 'auto': the one the fold "
+                            "chose (averaged.pt when its train.average won, else best.pt)")
+    models: Literal["folds", "full", "both"] = Field(
+        "folds", description="the fold models, the full-data fit (outputs/<exp>/full/), or both weighted")
+    full_weight: float = Field(0.5, gt=0, lt=1, description="with models: both, the full model's share of the "
+                               "average (the folds share the rest equally)")
     runtime: Literal["torch", "onnx", "torchscript"] = Field(
         "torch", description="what runs the models: PyTorch eager, or the exports of scripts/export.py "
                              "(onnx on onnxruntime, torchscript) next to each checkpoint")
@@ -72,7 +77,7 @@ class InferConfig(StrictModel):
         return self
 
 
-RULE_KEYS = ("threshold", "min_area", "area_mode", "top", "min_count", "cls_threshold")
+RULE_KEYS = ("threshold", "min_area", "area_mode", "top", "min_count", "cls_threshold", "cls_area_power")
 
 
 class ClassRuleOverride(StrictModel):
@@ -84,6 +89,7 @@ class ClassRuleOverride(StrictModel):
     top: float | None = Field(None, ge=0.0, le=1.0)
     min_count: int | None = Field(None, ge=0)
     cls_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    cls_area_power: float | None = Field(None, gt=0.0)
 
 
 class ThresholdTuneConfig(StrictModel):
@@ -132,7 +138,8 @@ class PostprocessConfig(StrictModel):
           per_class: {"3": {threshold: 0.55, min_area: 1200}}
 
     Per class, in order: the classifier gate (`cls_threshold`: empty unless the aux-head probability
-    exceeds it), the triplet rule (`top`: empty when fewer than `min_count` pixels exceed `top`), the
+    exceeds it; or softly, `cls_area_power`: the minimum area scales with the aux-head probability),
+    the triplet rule (`top`: empty when fewer than `min_count` pixels exceed `top`), the
     binarisation (`p > threshold`), then the minimum area (`area_mode` total: the mask is empty when
     it has fewer than `min_area` pixels; component: connected components smaller than `min_area` are
     removed). `one_class_per_pixel` keeps only the argmax class of each pixel; `at_least_one` forces
@@ -146,6 +153,9 @@ class PostprocessConfig(StrictModel):
     min_count: int = Field(0, ge=0, description="triplet rule: pixels that must exceed `top`")
     cls_threshold: float | None = Field(None, ge=0.0, le=1.0,
                                         description="empty unless the class probability exceeds it; null = off")
+    cls_area_power: float | None = Field(
+        None, gt=0.0, description="soft classifier gate: the minimum total area becomes "
+        "min_area * (2 * (1 - p_cls)) ** power (p_cls 0.5: unchanged; a sure class keeps any area); null = off")
     per_class: dict[str, ClassRuleOverride] = Field({}, description="overrides by class name")
     at_least_one: bool = Field(False, description="force the best class positive when all are empty (Clouds)")
     one_class_per_pixel: bool = Field(False, description="keep only the argmax class of each pixel")
@@ -158,3 +168,13 @@ class PostprocessConfig(StrictModel):
         if isinstance(value, dict):
             return {str(key): item for key, item in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _soft_gate_on_total_area(self) -> PostprocessConfig:
+        for where, override in [("postprocess", self), *((f"postprocess.per_class.{k}", v)
+                                                         for k, v in self.per_class.items())]:
+            power = override.cls_area_power if override.cls_area_power is not None else self.cls_area_power
+            if power is not None and (override.area_mode or self.area_mode) != "total":
+                raise ValueError(f"{where}: cls_area_power (the soft classifier gate) scales the total minimum "
+                                 "area, but area_mode is component there; use area_mode: total or drop cls_area_power")
+        return self

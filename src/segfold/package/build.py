@@ -30,7 +30,7 @@ from segfold.data.formats import image_path, read_test_ids
 from segfold.encoders import resolve_encoder_name
 from segfold.errors import ConfigError, ExportError
 from segfold.export import export_model, export_size, exported_path, fold_checkpoint_paths
-from segfold.io import atomic_path, sha256_file
+from segfold.io import atomic_path, sha256_file, write_json_atomic
 from segfold.package.kernel import (
     CONFIG_FILE,
     MODELS,
@@ -44,7 +44,7 @@ from segfold.package.kernel import (
 from segfold.package.templates import infer_ipynb, infer_py, readme
 from segfold.package.wheels import build_own_wheel, download_wheels
 from segfold.predict import predict_test
-from segfold.probs import load_checkpoint, load_checkpoint_model, resolve_device
+from segfold.probs import fold_checkpoints, load_checkpoint, load_checkpoint_model, resolve_device
 
 if TYPE_CHECKING:
     from segfold.config import Config
@@ -79,11 +79,12 @@ def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path) ->
     paths = fold_checkpoint_paths(cfg, folds if folds is not None else cfg.infer.folds)
     norms = set()
     for fold, path in paths.items():
-        target = models_dir / f"fold{fold}" / cfg.infer.checkpoint
+        target = models_dir / f"fold{fold}" / path.name  # NOTE infer.checkpoint may be 'auto': the file chosen
         original = load_checkpoint_model(path)[0]
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             torch.save(_weights_only(load_checkpoint(path), original, cfg.package.fp16), tmp)
+        write_json_atomic(target.parent / "result.json", {"checkpoint": path.name})  # what 'auto' reads
         model = load_checkpoint_model(target)[0]
         if model.pretrained_cfg != original.pretrained_cfg:
             raise ConfigError(f"fold {fold}: the packaged model normalises its input differently from {path}")
@@ -97,10 +98,15 @@ def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path) ->
     return sorted(paths), normalisation
 
 
+def _packaged_checkpoint(cfg: Config, package: Path, fold: int) -> Path:
+    """The checkpoint file of `fold` in the package (`infer.checkpoint`, or the one the fold chose for 'auto')."""
+    return fold_checkpoints(package / MODELS, cfg.infer.checkpoint, [fold])[0][fold]
+
+
 def _export_onnx(cfg: Config, package: Path, folds: Sequence[int]) -> str | None:
     """ONNX exports of the packaged folds next to them; the reason when one cannot be exported."""
     for fold in folds:
-        checkpoint = package / MODELS / f"fold{fold}" / cfg.infer.checkpoint
+        checkpoint = _packaged_checkpoint(cfg, package, fold)
         model = load_checkpoint_model(checkpoint)[0]
         try:
             export_model(model, exported_path(checkpoint, "onnx"), "onnx", export_size(cfg),
@@ -160,6 +166,9 @@ def build_package(cfg: Config, folds: Sequence[int] | None = None, out: str | os
         runtime: override `package.runtime` ("auto", "torch" or "onnx").
         config_path: the config file's name, for the README.
     """
+    if cfg.infer.models != "folds":
+        raise ConfigError(f"infer.models = {cfg.infer.models}: the package ships the fold checkpoints only, not the "
+                          "full-data fit; package with --set infer.models=folds")
     runtime = runtime or cfg.package.runtime
     out = Path(out) if out is not None else repo_root() / "dist" / f"{cfg.experiment.name}-kernel"
     partial = out.with_name(out.name + ".partial")
@@ -186,7 +195,7 @@ def build_package(cfg: Config, folds: Sequence[int] | None = None, out: str | os
     (partial / MODELS / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
     if chosen != "onnx":
         for fold in used:
-            exported_path(partial / MODELS / f"fold{fold}" / cfg.infer.checkpoint, "onnx").unlink(missing_ok=True)
+            exported_path(_packaged_checkpoint(cfg, partial, fold), "onnx").unlink(missing_ok=True)
     write_checksums(partial / MODELS)
 
     wheels = partial / WHEELS

@@ -29,7 +29,7 @@ import numpy as np
 
 from segfold.cores import threads_per_process
 from segfold.errors import DataError
-from segfold.postprocess.rules import ClassRules, PostprocessParams, u8_cutoff
+from segfold.postprocess.rules import ClassRules, PostprocessParams, soft_min_area, u8_cutoff
 from segfold.probs import StoreView, read_truth
 
 if TYPE_CHECKING:  # NOTE the component cache is built from these histograms' module: types only
@@ -249,8 +249,18 @@ def class_stats(hist: Histograms, c: int, rule: ClassRules,
     else:
         pred, tp = hist.above[:, c, k], hist.tp_above[:, c, k]
         if rule.area_mode == "total":
-            keep = keep & (pred >= rule.min_area)
+            keep = keep & (pred >= _min_areas(hist, c, rule))
     return np.where(keep, pred, 0), np.where(keep, tp, 0)
+
+
+def _min_areas(hist: Histograms, c: int, rule: ClassRules) -> np.ndarray | int:
+    """Each image's minimum total area of class `c`: `min_area`, or the soft gate's per image."""
+    if rule.cls_area_power is None:
+        return rule.min_area
+    if hist.cls is None:
+        raise DataError("a cls_area_power rule needs class probabilities, but the OOF store has no "
+                        "<name>.cls.npy (train with an aux head, or leave cls_area_power null)")
+    return soft_min_area(rule.min_area, hist.cls[:, c], rule.cls_area_power)
 
 
 def force_one(hist: Histograms, pred: np.ndarray, tp: np.ndarray, cutoffs: np.ndarray) -> None:

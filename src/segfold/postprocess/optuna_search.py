@@ -35,11 +35,14 @@ def suggest_rule(trial: optuna.Trial, max_area: int, max_count: int, components:
     if trial.suggest_categorical("triplet", [False, True]):
         top = round(trial.suggest_float("top", 0.05, 0.99, step=_STEP), 4)
         min_count = trial.suggest_int("min_count", 1, max(2, max_count), log=True)
-    cls_threshold = None
+    cls_threshold, power = None, None
     if gate and trial.suggest_categorical("gate", [False, True]):
         cls_threshold = round(trial.suggest_float("cls_threshold", 0.01, 0.99, step=_STEP), 4)
+    elif gate and area_mode == "total" and trial.suggest_categorical("soft_gate", [False, True]):
+        # the soft gate: min_area * (2 (1 - p_cls)) ** power
+        power = round(trial.suggest_float("cls_area_power", 0.25, 4.0, log=True), 4)
     return ClassRules(threshold=threshold, min_area=0 if min_area <= 1 else min_area, area_mode=area_mode,
-                      top=top, min_count=min_count, cls_threshold=cls_threshold)
+                      top=top, min_count=min_count, cls_threshold=cls_threshold, cls_area_power=power)
 
 
 def _trial_params(rule: ClassRules, max_area: int, max_count: int, components: bool,
@@ -59,10 +62,16 @@ def _trial_params(rule: ClassRules, max_area: int, max_count: int, components: b
         params.update(top=rule.top, min_count=rule.min_count)
     if rule.cls_threshold is not None and not (gate and _on_grid(rule.cls_threshold, 0.01, 0.99)):
         return None
+    if rule.cls_area_power is not None and not (gate and 0.25 - 1e-9 <= rule.cls_area_power <= 4.0 + 1e-9):
+        return None
     if gate:
         params["gate"] = rule.cls_threshold is not None
         if rule.cls_threshold is not None:
             params["cls_threshold"] = rule.cls_threshold
+        elif rule.area_mode == "total":
+            params["soft_gate"] = rule.cls_area_power is not None
+            if rule.cls_area_power is not None:
+                params["cls_area_power"] = rule.cls_area_power
     return params
 
 
@@ -114,4 +123,6 @@ def _rule_from(values: dict[str, object]) -> ClassRules:
         rule = replace(rule, top=round(float(values["top"]), 4), min_count=int(values["min_count"]))
     if values.get("gate"):
         rule = replace(rule, cls_threshold=round(float(values["cls_threshold"]), 4))
+    elif values.get("soft_gate"):
+        rule = replace(rule, cls_area_power=round(float(values["cls_area_power"]), 4))
     return rule

@@ -52,6 +52,24 @@ class ClassRules:
     top: float | None = None
     min_count: int = 0
     cls_threshold: float | None = None
+    cls_area_power: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.cls_area_power is not None and self.area_mode != "total":
+            raise ConfigError("cls_area_power (the soft classifier gate) scales the total minimum area; "
+                              "use it with area_mode: total")
+
+
+def soft_min_area(min_area: int | np.ndarray, cls_prob: float | np.ndarray, power: float | None) -> np.ndarray:
+    """The soft classifier gate's minimum area: `min_area * (2 * (1 - p_cls)) ** power` (unchanged without power).
+
+    At p_cls = 0.5 the area is `min_area`; a sure class (p_cls -> 1) keeps any area; an unlikely one
+    (p_cls -> 0) needs up to `2 ** power` times more.
+    """
+    if power is None:
+        return np.asarray(min_area, dtype=np.float64)
+    factor = np.power(2.0 * (1.0 - np.clip(np.asarray(cls_prob, dtype=np.float64), 0.0, 1.0)), power)
+    return np.asarray(min_area, dtype=np.float64) * factor
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,8 @@ class PostprocessParams:
                 parts.append(f"triplet top={rule.top:g} min_count={rule.min_count}")
             if rule.cls_threshold is not None:
                 parts.append(f"cls>{rule.cls_threshold:g}")
+            if rule.cls_area_power is not None:
+                parts.append(f"min_area x (2(1-p_cls))^{rule.cls_area_power:g}")
             lines.append(f"{name}: " + ", ".join(parts))
         return "\n".join(lines)
 
@@ -191,9 +211,15 @@ def apply_postprocess(probs: np.ndarray, params: PostprocessParams | Postprocess
         if rule.top is not None and int(exceeds(probs[c], rule.top).sum()) < rule.min_count:
             continue
         mask = exceeds(probs[c], rule.threshold)
+        min_area: float = rule.min_area
+        if rule.cls_area_power is not None:
+            if cls_probs is None:
+                raise ValueError(f"class '{params.classes[c]}' has cls_area_power={rule.cls_area_power} but no class "
+                                 "probabilities were given (train with an aux head or set cls_area_power to null)")
+            min_area = float(soft_min_area(rule.min_area, cls_probs[c], rule.cls_area_power))
         if rule.area_mode == "component":
             masks[c] = remove_small_components(mask, rule.min_area)
-        elif mask.sum() >= rule.min_area:
+        elif mask.sum() >= min_area:
             masks[c] = mask
     if params.at_least_one and not masks.any():
         if cls_probs is not None:

@@ -8,6 +8,9 @@
    kept only when it also beats the current one on the whole OOF.
 4. The OOF score of the config's rules (before) and of the tuned ones (after), both exact, go into
    `thresholds.json` with the rules; `threshold_curves.png` plots score against threshold per class.
+5. With a holdout store (`outputs/<exp>/holdout/`, `scripts/predict.py --split holdout`), both rules
+   are scored on the holdout images too, which the search never saw: the gap between the OOF gain
+   and the holdout gain shows how much the search over-fitted. The scores go to `outputs/runs.csv`.
 """
 
 from __future__ import annotations
@@ -34,16 +37,20 @@ from segfold.postprocess.histograms import (
 from segfold.postprocess.optuna_search import refine_class
 from segfold.postprocess.rules import THRESHOLDS_FILE, PostprocessParams, save_thresholds
 from segfold.probs import (
+    HOLDOUT_NAME,
     PackedTruth,
     StoreView,
     TruthFn,
     expected_folds,
     make_truth_reader,
     new_record,
+    open_holdout,
     open_oof,
+    store_exists,
     tta_label,
     tta_mismatch,
 )
+from segfold.runs import record_run
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +123,21 @@ def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: flo
     return params, info
 
 
+def holdout_scores(cfg: Any, start: PostprocessParams, params: PostprocessParams, metric: str,
+                   empty: float, truth_fn: TruthFn | None = None, allow_stale: bool = False) -> dict[str, Any] | None:
+    """The config's and the tuned rules scored on the holdout store (None when there is none)."""
+    if not store_exists(Path(cfg.experiment.output_dir) / HOLDOUT_NAME, HOLDOUT_NAME):
+        return None
+    source = open_holdout(cfg.experiment.output_dir, allow_stale=allow_stale)
+    _, _, height, width = source.shape
+    truth_fn = truth_fn if truth_fn is not None else make_truth_reader(cfg.data, source.classes, height, width)
+    truth_fn = PackedTruth(truth_fn, source.image_ids)
+    hist = collect_histograms(source, truth_fn, start.one_class_per_pixel)
+    components = ComponentCache(source, truth_fn, None, start.one_class_per_pixel)
+    return {"images": len(source), "score_before": evaluate(hist, start, metric, empty, components),
+            "score_after": evaluate(hist, params, metric, empty, components)}
+
+
 def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn | None = None,
                     allow_stale: bool = False, timer: PhaseTimer | None = None) -> dict[str, Any]:
     """Search the post-processing rules on the OOF and write `thresholds.json` and `threshold_curves.png`.
@@ -137,6 +159,7 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
     num, _, height, width = source.shape
     if num == 0:
         raise DataError(f"the OOF ({source.label}) holds no images; train a fold (scripts/train.py) first")
+    given_truth = truth_fn
     truth_fn = truth_fn if truth_fn is not None else make_truth_reader(cfg.data, source.classes, height, width)
     truth_fn = PackedTruth(truth_fn, source.image_ids)  # read once, by the histograms, for the component search
     metric, empty = resolve_metric(cfg)
@@ -175,6 +198,14 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
         "class_dice_after": dict(zip(source.classes, class_scores(hist, params, empty, components).tolist(),
                                      strict=True)),
     }
+    holdout = holdout_scores(cfg, start, params, metric, empty, given_truth, allow_stale)
+    info["holdout"] = holdout
+    if holdout is not None:
+        logger.info("holdout (%d images the search never saw): %.5f (config) -> %.5f (tuned); gain %+.5f on the "
+                    "holdout vs %+.5f on the OOF", holdout["images"], holdout["score_before"],
+                    holdout["score_after"], holdout["score_after"] - holdout["score_before"], after - before)
+    record_run(cfg.experiment.output_root, cfg.experiment.name, oof_before=before, oof_after=after,
+               holdout=holdout["score_after"] if holdout is not None else None)
     record = new_record("tune_thresholds", cfg, inputs=source.input_entries(), folds=source.folds,
                         oof_tta=source.tta)
     path = save_thresholds(out_dir / THRESHOLDS_FILE, params, provenance=record, **info)
@@ -183,4 +214,4 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
     logger.info(params.describe())
     logger.info("OOF %s: %.5f (config) -> %.5f (tuned); wrote %s and %s", metric, before, after, path, curves)
     return {"params": params, "score_before": before, "score_after": after, "metric": metric,
-            "method": grid.method, "path": path, "curves": curves, "grid": grid}
+            "method": grid.method, "path": path, "curves": curves, "grid": grid, "holdout": holdout}

@@ -1,9 +1,11 @@
-"""Test inference: the folds' models, TTA, tiles, written to the `test` probability store.
+"""Test inference: the folds' models (and/or the full-data fit), TTA, tiles, written to the `test` store.
 
-For each batch of test images every fold's model predicts with TTA (merged as probabilities), the
-folds' probabilities are averaged, resized to the store's resolution (`data.metric_size`, else the
+For each batch of test images every model (`infer.models`: the folds', the full-data fit's, or both)
+predicts with TTA (merged as probabilities), the models' probabilities are averaged (the full model
+weighted `infer.full_weight`), resized to the store's resolution (`data.metric_size`, else the
 images' own size) and written as uint8 to `outputs/<exp>/test/test.*` (with `test.cls.npy` when the
-models have an aux head) through `segfold.probs.StoreWriter`.
+models have an aux head) through `segfold.probs.StoreWriter`. `split="holdout"` predicts the holdout
+images (`data.folds.holdout`) into `outputs/<exp>/holdout/holdout.*` instead.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,21 +22,28 @@ from torch.utils.data import DataLoader
 
 from segfold.cores import apply_threads, worker_threads
 from segfold.data.dataset import SegmentationDataset
+from segfold.data.folds import holdout_ids, load_folds
 from segfold.data.formats import read_test_ids
 from segfold.data.transforms import build_transforms
-from segfold.errors import TrainingError
+from segfold.errors import ConfigError, DataError, TrainingError
 from segfold.export import load_exported_folds
 from segfold.predict.tiles import needs_tiling, sliding_window
 from segfold.predict.tta import Predictor, build_tta, make_predictor
 from segfold.probs import (
+    AUTO_CHECKPOINT,
+    FULL_DIR,
+    HOLDOUT_NAME,
     TEST_NAME,
     ProbStore,
     StoreWriter,
+    checkpoint_entry,
     expected_folds,
+    load_checkpoint_model,
     load_fold_models,
     missing_folds_note,
     new_record,
     resolve_device,
+    selected_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,9 +68,57 @@ def model_normalisation(models: Sequence[nn.Module]) -> tuple[list[float], list[
     return list(mean), list(std), channels
 
 
+def load_models(cfg: Any, folds: Sequence[int] | None, device: torch.device, runtime: str = "torch"
+                ) -> tuple[list[Any], list[int], list[float] | None, list[dict[str, Any]]]:
+    """The models `infer.models` names: the folds', the full-data fit's, or both (weighted by `infer.full_weight`).
+
+    Args:
+        folds: the folds wanted (None: every trained fold).
+        runtime: "torch" (checkpoints), or "onnx" / "torchscript" (the folds' exports).
+
+    Returns:
+        `(models (the full fit last), the fold numbers used, weights or None for equal, checkpoint entries)`.
+
+    Raises:
+        TrainingError: a model that is asked for has no checkpoint.
+        ConfigError: the full-data fit with an exported runtime (exports cover the fold checkpoints).
+    """
+    infer, out = cfg.infer, Path(cfg.experiment.output_dir)
+    models: list[Any] = []
+    used: list[int] = []
+    checkpoints: list[dict[str, Any]] = []
+    if infer.models != "folds" and runtime != "torch":
+        raise ConfigError(f"infer.models={infer.models} uses the full-data fit, which runs in PyTorch only; "
+                          "predict with --runtime torch, or with --models folds")
+    if infer.models in ("folds", "both"):
+        if runtime == "torch":
+            models, used, checkpoints = load_fold_models(out, infer.checkpoint, folds, device)
+        else:  # NOTE exported models are not checked against the checkpoints (no record of their files yet)
+            models, used = load_exported_folds(cfg, runtime, folds, device)
+    if infer.models in ("full", "both"):
+        full = out / FULL_DIR
+        path = selected_checkpoint(full) if infer.checkpoint == AUTO_CHECKPOINT else full / infer.checkpoint
+        if not path.is_file():
+            raise TrainingError(f"infer.models={infer.models} needs the full-data fit's {path}: run "
+                                "scripts/train.py --config ... --fold full first")
+        entry = checkpoint_entry(path, None, None)  # NOTE stamped before it is read
+        models.append(load_checkpoint_model(path, device)[0])
+        entry.update(epoch=models[-1].checkpoint_epoch, model=FULL_DIR)
+        checkpoints.append(entry)
+    weights = None
+    if infer.models == "both":
+        weights = [(1 - infer.full_weight) / len(used)] * len(used) + [infer.full_weight]
+    return models, list(used), weights, checkpoints
+
+
 def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None = None,
-                 scales: Sequence[float] | None = None, runtime: str | None = None) -> ProbStore:
-    """Predict every test image and write the `test` store in `outputs/<exp>/test/`.
+                 scales: Sequence[float] | None = None, runtime: str | None = None, split: str = TEST_NAME
+                 ) -> ProbStore:
+    """Predict every test image (or the holdout images) and write the `test` (`holdout`) store.
+
+    The store goes to `outputs/<exp>/test/` or, with `split="holdout"`, `outputs/<exp>/holdout/`
+    (the training images of `data.folds.holdout`, which no fold trained on). `infer.models` picks the
+    fold models, the full-data fit (`outputs/<exp>/full/`) or both (`infer.full_weight`).
 
     Args:
         cfg: the experiment config (`infer` section: TTA, tiles, batch sizes, device).
@@ -69,6 +127,7 @@ def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None =
         scales: override `infer.scales`.
         runtime: override `infer.runtime` ("torch", or "onnx" / "torchscript": the folds' exports of
             `scripts/export.py`, see `segfold.export`).
+        split: `test` or `holdout`.
 
     Returns:
         The finalized store, opened read-only.
@@ -77,35 +136,41 @@ def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None =
     device = resolve_device(infer.device, key="infer.device")
     runtime = runtime or infer.runtime
     requested = folds if folds is not None else infer.folds
-    if runtime == "torch":
-        models, used, checkpoints = load_fold_models(cfg.experiment.output_dir, infer.checkpoint, requested, device)
-    else:  # NOTE exported models are not checked against the checkpoints (no record of their files yet)
-        models, used = load_exported_folds(cfg, runtime, requested, device)
-        checkpoints = []
+    models, used, weights, checkpoints = load_models(cfg, requested, device, runtime)
     expected, _ = expected_folds(cfg)
-    note = missing_folds_note(used, expected)
+    note = missing_folds_note(used, expected) if infer.models != "full" else None
     if note:
-        logger.warning("warning: the test store averages folds %s only: %s%s", used, note,
+        logger.warning("warning: the %s store averages folds %s only: %s%s", split, used, note,
                        "" if requested is not None else f" (they have no {infer.checkpoint}: train them first)")
     tta_name, scale_list = tta or infer.tta, list(scales if scales is not None else infer.scales)
     record = new_record("predict", cfg, checkpoints=checkpoints, folds=used,
-                        missing_folds=[k for k in expected if k not in used],
+                        missing_folds=[k for k in expected if k not in used] if infer.models != "full" else [],
                         requested="all" if requested is None else sorted(int(k) for k in requested),
-                        checkpoint=infer.checkpoint, runtime=runtime, tta=tta_name, scales=scale_list)
+                        checkpoint=infer.checkpoint, runtime=runtime, tta=tta_name, scales=scale_list,
+                        models=infer.models, weights=weights, split=split)
     transforms = build_tta(tta_name, scale_list)
-    predict = make_predictor(models, transforms, data.mode, infer.forward_batch)
+    predict = make_predictor(models, transforms, data.mode, infer.forward_batch, weights)
     mean, std, channels = model_normalisation(models)
-    image_ids = read_test_ids(data)
-    dataset = SegmentationDataset(data, image_ids, mean=mean, std=std, folder="test",
+    if split == HOLDOUT_NAME:
+        image_ids, folder = holdout_ids(load_folds(cfg, create=False)), "train"
+        if not image_ids:
+            raise DataError("there is no holdout: set data.folds.holdout (e.g. 0.1) before making the folds")
+    elif split == TEST_NAME:
+        image_ids, folder = read_test_ids(data), "test"
+    else:
+        raise ValueError(f"split must be '{TEST_NAME}' or '{HOLDOUT_NAME}', got {split!r}")
+    dataset = SegmentationDataset(data, image_ids, mean=mean, std=std, folder=folder,
                                   transforms=build_transforms(data, "valid"), in_channels=channels)
     loader = DataLoader(dataset, batch_size=infer.batch_size, shuffle=False, num_workers=infer.num_workers,
                         worker_init_fn=worker_threads)
     apply_threads(infer.num_workers)  # the loader's workers come out of this process's share of the cores
-    logger.info("predicting %d test images with folds %s, TTA '%s' (%d copies) on %s (%s)",
-                len(image_ids), used, tta or infer.tta, len(transforms), device, runtime)
+    what = ([f"folds {used}"] if used else []) + ([FULL_DIR] if infer.models != "folds" else [])
+    shares = "" if weights is None else " weighted " + ", ".join(f"{w:.3f}" for w in weights)
+    logger.info("predicting %d %s images with %s%s, TTA '%s' (%d copies) on %s (%s)", len(image_ids), split,
+                " + ".join(what), shares, tta_name, len(transforms), device, runtime)
     autocast = torch.autocast("cuda", dtype=torch.float16) if infer.amp and device.type == "cuda" \
         else contextlib.nullcontext()
-    with StoreWriter(cfg.experiment.output_dir / TEST_NAME, TEST_NAME, image_ids, data.classes,
+    with StoreWriter(cfg.experiment.output_dir / split, split, image_ids, data.classes,
                      data.metric_size, provenance=record) as writer:
         for batch in loader:
             images = batch["image"].to(device)

@@ -111,17 +111,24 @@ def tta_predict(model: nn.Module, images: torch.Tensor, transforms: ttach.Compos
 
 
 def make_predictor(models: Sequence[nn.Module], transforms: ttach.Compose, mode: str,
-                   forward_batch: int | None = None) -> Predictor:
-    """A function `images -> (probs, cls_probs | None)` averaging the TTA probabilities of `models` (folds)."""
+                   forward_batch: int | None = None, weights: Sequence[float] | None = None) -> Predictor:
+    """A function `images -> (probs, cls_probs | None)` averaging the TTA probabilities of `models` (folds).
+
+    `weights` (one per model, normalised here) weigh the average; None: equal weights.
+    """
+    if weights is not None and len(weights) != len(models):
+        raise ValueError(f"{len(weights)} weights for {len(models)} models")
+    raw = [1.0] * len(models) if weights is None else [float(w) for w in weights]
+    shares = [w / sum(raw) for w in raw]
 
     def predict(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        total, total_cls, with_cls = None, None, 0
-        for model in models:
+        total, total_cls, cls_weight = None, None, 0.0
+        for model, share in zip(models, shares, strict=True):
             probs, cls_probs = tta_predict(model, images, transforms, mode, forward_batch)
-            total = probs if total is None else total + probs
+            total = probs * share if total is None else total + probs * share
             if cls_probs is not None:
-                total_cls = cls_probs if total_cls is None else total_cls + cls_probs
-                with_cls += 1
-        return total / len(models), (total_cls / with_cls if with_cls else None)
+                total_cls = cls_probs * share if total_cls is None else total_cls + cls_probs * share
+                cls_weight += share
+        return total, (total_cls / cls_weight if cls_weight else None)
 
     return predict

@@ -15,6 +15,9 @@ from segfold.probs.checkpoint import (
 from segfold.probs.convert import DEFAULT_THRESHOLD, SCALE, binarize, probabilities, resize_probs, to_uint8
 from segfold.probs.device import resolve_device
 from segfold.probs.outputs import (
+    AUTO_CHECKPOINT,
+    FULL_DIR,
+    HOLDOUT_NAME,
     OOF_NAME,
     TEST_NAME,
     expected_folds,
@@ -49,11 +52,23 @@ from segfold.probs.truth import (
     resize_nearest,
     truth_masks,
 )
-from segfold.probs.views import StoreView, check_store, oof_store_paths, open_oof, open_test, tta_label, tta_mismatch
+from segfold.probs.views import (
+    StoreView,
+    check_store,
+    oof_store_paths,
+    open_holdout,
+    open_oof,
+    open_test,
+    tta_label,
+    tta_mismatch,
+)
 from segfold.probs.writer import StoreWriter
 
 __all__ = [
+    "AUTO_CHECKPOINT",
     "DEFAULT_THRESHOLD",
+    "FULL_DIR",
+    "HOLDOUT_NAME",
     "OOF_NAME",
     "SCALE",
     "TEST_NAME",
@@ -91,6 +106,7 @@ __all__ = [
     "load_fold_models",
     "required_fold_checkpoints",
     "make_truth_reader",
+    "open_holdout",
     "open_oof",
     "open_test",
     "pair_dice",

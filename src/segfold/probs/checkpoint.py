@@ -17,7 +17,7 @@ from torch import nn
 from segfold.config.load import validate_config
 from segfold.errors import TrainingError
 from segfold.models import build_model
-from segfold.probs.outputs import fold_checkpoints
+from segfold.probs.outputs import AUTO_CHECKPOINT, fold_checkpoints
 from segfold.probs.provenance import file_stamp
 
 
@@ -76,7 +76,9 @@ def required_fold_checkpoints(output_dir: str | os.PathLike, checkpoint: str,
         raise TrainingError(f"fold(s) {missing} have no {checkpoint} in {output_dir}; train them or drop them "
                             f"from --folds (found: {sorted(paths)})")
     if not paths:
-        raise TrainingError(f"no checkpoint '{checkpoint}' in {output_dir}/fold<k>/: train a fold first "
+        what = "best.pt (or the averaged.pt a fold chose: infer.checkpoint 'auto')" if checkpoint == AUTO_CHECKPOINT \
+            else f"'{checkpoint}'"
+        raise TrainingError(f"no checkpoint {what} in {output_dir}/fold<k>/: train a fold first "
                             "(scripts/train.py --config ...)")
     return paths
 

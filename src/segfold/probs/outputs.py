@@ -17,6 +17,9 @@ from segfold.probs.store import store_exists
 
 OOF_NAME = "oof"  # the store name and the folder of the gathered OOF
 TEST_NAME = "test"  # the store name and folder of the test probabilities
+HOLDOUT_NAME = "holdout"  # the store name and folder of the holdout images' probabilities (data.folds.holdout)
+FULL_DIR = "full"  # the folder of the full-data fit (scripts/train.py --fold full)
+AUTO_CHECKPOINT = "auto"  # the checkpoint each fold chose: averaged.pt when its average won, else best.pt
 
 
 def selected_checkpoint(fold_dir: str | os.PathLike) -> Path:
@@ -65,11 +68,12 @@ def fold_checkpoints(output_dir: str | os.PathLike, checkpoint: str = "best.pt",
 
     Args:
         output_dir: `outputs/<experiment>`.
-        checkpoint: file name inside each fold folder.
+        checkpoint: file name inside each fold folder, or `auto` (`selected_checkpoint`).
         folds: the folds wanted; None: every `fold<k>` folder found.
     """
     output_dir = Path(output_dir)
     folds = list(fold_dirs(output_dir)) if folds is None else folds
-    paths = {int(k): output_dir / f"fold{k}" / checkpoint for k in folds}
+    paths = {int(k): selected_checkpoint(output_dir / f"fold{k}") if checkpoint == AUTO_CHECKPOINT
+             else output_dir / f"fold{k}" / checkpoint for k in folds}
     missing = [k for k, path in paths.items() if not path.is_file()]
     return {k: p for k, p in paths.items() if k not in missing}, missing

@@ -159,4 +159,6 @@ def rerun_for(record: dict[str, Any] | None, stage: str) -> str:
     """The command that makes the artefact again: by the stage in its record, else `stage`."""
     stage = (record or {}).get("stage") or stage
     folds = (record or {}).get("folds") or ["<k>"]
-    return _RERUN.get(stage, stage).format(fold=folds[0])
+    split = (record or {}).get("split")
+    extra = f" --split {split}" if stage == "predict" and split not in (None, "test") else ""
+    return _RERUN.get(stage, stage).format(fold=folds[0]) + extra

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from segfold.errors import DataError
-from segfold.probs.outputs import OOF_NAME, TEST_NAME, fold_checkpoints, fold_dirs
+from segfold.probs.outputs import HOLDOUT_NAME, OOF_NAME, TEST_NAME, fold_checkpoints, fold_dirs
 from segfold.probs.provenance import changes, input_entry, missing_folds_note, rerun_for, stale
 from segfold.probs.store import ProbStore, store_exists, store_paths
 
@@ -236,4 +236,21 @@ def open_test(output_dir: str | os.PathLike, allow_stale: bool = False) -> Store
               "scripts/predict.py", allow_stale)
     view = StoreView([store], str(folder))
     view.folds = record.get("folds")
+    return view
+
+
+def open_holdout(output_dir: str | os.PathLike, allow_stale: bool = False) -> StoreView:
+    """The probabilities of the holdout images (`data.folds.holdout`), `holdout/holdout.*`.
+
+    Raises:
+        DataError: there is none (`scripts/predict.py --split holdout` writes it).
+        StaleError: (a warning with `allow_stale`) a checkpoint or store it was made from changed since.
+    """
+    folder = Path(output_dir) / HOLDOUT_NAME
+    if not store_exists(folder, HOLDOUT_NAME):
+        raise DataError(f"no holdout probabilities in {folder}: run scripts/predict.py --split holdout")
+    store = ProbStore.open(folder, HOLDOUT_NAME)
+    check_store(store, "predict", allow_stale)
+    view = StoreView([store], str(folder))
+    view.folds = (store.provenance or {}).get("folds")
     return view

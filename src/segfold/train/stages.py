@@ -17,8 +17,9 @@ import numpy as np
 
 from segfold.config.load import config_to_dict, deep_merge, validate_config
 from segfold.errors import ConfigError
+from segfold.probs import FULL_DIR
 
-FULL = "full"  # the "fold" of a full-data fit (every training image, no validation, `outputs/<exp>/full/`)
+FULL = FULL_DIR  # the "fold" of a full-data fit (every training image, no validation, `outputs/<exp>/full/`)
 
 logger = logging.getLogger(__name__)
 
