@@ -37,6 +37,7 @@ from segfold.probs import (
     ProbStore,
     StoreWriter,
     checkpoint_entry,
+    checkpoint_name,
     expected_folds,
     load_checkpoint_model,
     load_fold_models,
@@ -140,8 +141,8 @@ def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None =
     expected, _ = expected_folds(cfg)
     note = missing_folds_note(used, expected) if infer.models != "full" else None
     if note:
-        logger.warning("warning: the %s store averages folds %s only: %s%s", split, used, note,
-                       "" if requested is not None else f" (they have no {infer.checkpoint}: train them first)")
+        hint = "" if requested is not None else f" (they have no {checkpoint_name(infer.checkpoint)}: train them first)"
+        logger.warning("warning: the %s store averages folds %s only: %s%s", split, used, note, hint)
     tta_name, scale_list = tta or infer.tta, list(scales if scales is not None else infer.scales)
     record = new_record("predict", cfg, checkpoints=checkpoints, folds=used,
                         missing_folds=[k for k in expected if k not in used] if infer.models != "full" else [],

@@ -17,7 +17,7 @@ from torch import nn
 from segfold.config.load import validate_config
 from segfold.errors import TrainingError
 from segfold.models import build_model
-from segfold.probs.outputs import AUTO_CHECKPOINT, fold_checkpoints
+from segfold.probs.outputs import AUTO_CHECKPOINT, checkpoint_name, fold_checkpoints
 from segfold.probs.provenance import file_stamp
 
 
@@ -73,8 +73,8 @@ def required_fold_checkpoints(output_dir: str | os.PathLike, checkpoint: str,
     """
     paths, missing = fold_checkpoints(output_dir, checkpoint, folds)
     if folds is not None and missing:
-        raise TrainingError(f"fold(s) {missing} have no {checkpoint} in {output_dir}; train them or drop them "
-                            f"from --folds (found: {sorted(paths)})")
+        raise TrainingError(f"fold(s) {missing} have no {checkpoint_name(checkpoint)} in {output_dir}; train them or "
+                            f"drop them from --folds (found: {sorted(paths)})")
     if not paths:
         what = "best.pt (or the averaged.pt a fold chose: infer.checkpoint 'auto')" if checkpoint == AUTO_CHECKPOINT \
             else f"'{checkpoint}'"

@@ -22,6 +22,12 @@ FULL_DIR = "full"  # the folder of the full-data fit (scripts/train.py --fold fu
 AUTO_CHECKPOINT = "auto"  # the checkpoint each fold chose: averaged.pt when its average won, else best.pt
 
 
+def checkpoint_name(checkpoint: str) -> str:
+    """`infer.checkpoint` as messages name it: `best.pt` for 'auto' (every fold has one; `averaged.pt` only
+    when its average won)."""
+    return "best.pt" if checkpoint == AUTO_CHECKPOINT else checkpoint
+
+
 def selected_checkpoint(fold_dir: str | os.PathLike) -> Path:
     """The checkpoint a trained fold chose for its OOF: `averaged.pt` when its average won, else `best.pt`.
 

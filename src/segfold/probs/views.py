@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from segfold.errors import DataError
-from segfold.probs.outputs import HOLDOUT_NAME, OOF_NAME, TEST_NAME, fold_checkpoints, fold_dirs
+from segfold.probs.outputs import HOLDOUT_NAME, OOF_NAME, TEST_NAME, checkpoint_name, fold_checkpoints, fold_dirs
 from segfold.probs.provenance import changes, input_entry, missing_folds_note, rerun_for, stale
 from segfold.probs.store import ProbStore, store_exists, store_paths
 
@@ -231,7 +231,8 @@ def open_test(output_dir: str | os.PathLike, allow_stale: bool = False) -> Store
     if record.get("stage") == "predict" and record.get("requested") == "all":
         found, _ = fold_checkpoints(output_dir, record.get("checkpoint", "best.pt"))
         new = sorted(set(found) - set(record.get("folds", [])))
-        stale(f"{folder / TEST_NAME}.*", [f"fold(s) {new} have a {record.get('checkpoint', 'best.pt')} now but it was "
+        name = checkpoint_name(record.get("checkpoint", "best.pt"))
+        stale(f"{folder / TEST_NAME}.*", [f"fold(s) {new} have a {name} now but it was "
                                           f"predicted with folds {record.get('folds')} only"] if new else [],
               "scripts/predict.py", allow_stale)
     view = StoreView([store], str(folder))
