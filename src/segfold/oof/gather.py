@@ -28,6 +28,7 @@ from segfold.io import atomic_path
 from segfold.postprocess import apply_postprocess_batch, postprocess_for
 from segfold.predict import build_tta, make_predictor, model_normalisation, predict_images
 from segfold.probs import (
+    AUTO_CHECKPOINT,
     DEFAULT_THRESHOLD,
     OOF_NAME,
     ProbStore,
@@ -43,6 +44,7 @@ from segfold.probs import (
     resize_probs,
     resolve_device,
     score_masks,
+    selected_checkpoint,
     truth_masks,
 )
 
@@ -137,7 +139,10 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
 
 
 def _made_with(store: ProbStore, checkpoint: str) -> bool:
-    """Whether a trainer's fold store was predicted by the checkpoint file `checkpoint` (True when unknown)."""
+    """Whether a trainer's fold store was predicted by the checkpoint file `checkpoint` (True when unknown);
+    'auto' is the file the fold chose (`selected_checkpoint` of the store's fold folder)."""
+    if checkpoint == AUTO_CHECKPOINT:
+        checkpoint = selected_checkpoint(store.folder).name
     entries = (store.provenance or {}).get("checkpoints") or []
     return not entries or all(Path(entry["path"]).name == checkpoint for entry in entries)
 
