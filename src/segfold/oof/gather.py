@@ -109,7 +109,7 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
         logger.info("folds %s wrote their OOF with another checkpoint than infer.checkpoint (%s): predicting "
                     "their validation images again", other, cfg.infer.checkpoint)
     try:
-        if tta_name == "none" and scale_list == [1.0] and not other:
+        if tta_name == "none" and not other:
             rows = np.array([row_of[i] for i in image_ids], dtype=np.int64)
             for start in range(0, len(rows), chunk):  # copied as stored: no second rounding
                 store.write_uint8(np.arange(start, min(start + chunk, len(rows))),
@@ -118,7 +118,8 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
                 store.write_cls(np.arange(len(rows)), view.cls[rows])
         else:
             position = {image_id: row for row, image_id in enumerate(image_ids)}
-            record["checkpoints"] = predict_folds_into(cfg, store, fold_ids, position, tta_name, scale_list)
+            store.provenance["checkpoints"] = predict_folds_into(cfg, store, fold_ids, position, tta_name,
+                                                                 scale_list)  # written on finalize
         oof = store.finalize()
     except BaseException:
         store.abort()  # NOTE no half-written OOF: the previous one (if any) stays, marked as not the latest
@@ -230,17 +231,17 @@ def fold_report(cfg: Any, allow_stale: bool = False, chunk: int = 32) -> dict[st
         "tuned" if source != "config" else "config rules": lambda ids: apply_postprocess_batch(
             probs_of(ids), params, view.cls[[row_of[i] for i in ids]] if view.cls is not None else None),
     }
-    groups: dict[str, list[str]] = {}
-    for image_id in view.image_ids:
-        groups.setdefault(str(fold_of.get(image_id, "?")), []).append(image_id)
-    groups = dict(sorted(groups.items())) | {"all": list(view.image_ids)}
+    folds = np.array([str(fold_of.get(image_id, "?")) for image_id in view.image_ids])
+    groups = {fold: folds == fold for fold in sorted(set(folds), key=lambda k: (len(k), k))}
+    groups["all"] = np.ones(len(folds), dtype=bool)
     rows = []
-    for name, predicted in rules.items():
-        for fold, ids in groups.items():
-            result = score_masks(ids, predicted, lambda ids: truth_masks(annotations, ids, shape, len(classes)),
-                                 classes, cfg.data, chunk)
-            rows.append({"rules": name, "fold": fold, "images": len(ids), "score": result["score"],
-                         **result["class_dice"]})
+    for name, predicted in rules.items():  # one pass over the OOF per rule set; folds are slices of it
+        result = score_masks(view.image_ids, predicted,
+                             lambda ids: truth_masks(annotations, ids, shape, len(classes)), classes, cfg.data, chunk)
+        for fold, hit in groups.items():  # every image holds the same number of metric items
+            rows.append({"rules": name, "fold": fold, "images": int(hit.sum()),
+                         "score": float(result["image_scores"][hit].mean()),
+                         **dict(zip(classes, result["pair_dice"][hit].mean(axis=0).tolist(), strict=True))})
     header = f"{'rules':<14} {'fold':>4} {'images':>6} " + " ".join(f"{c:>10}" for c in classes) + f" {'score':>7}"
     lines = [header] + [f"{r['rules']:<14} {r['fold']:>4} {r['images']:>6} "
                         + " ".join(f"{r[c]:10.4f}" for c in classes) + f" {r['score']:7.4f}" for r in rows]
