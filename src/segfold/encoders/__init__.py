@@ -1,7 +1,7 @@
 """segfold.encoders: timm encoders by name (and smp-style aliases), Mix Transformers, ViT features for DPT."""
 
 from segfold.encoders.aliases import ENCODER_ALIASES, list_encoders, resolve_encoder_name
-from segfold.encoders.factory import get_encoder, get_preprocessing_params, get_vit_encoder
+from segfold.encoders.factory import encoder_follows_weights, get_encoder, get_preprocessing_params, get_vit_encoder
 from segfold.encoders.mit import MIT_SPECS, MixTransformerEncoder
 from segfold.encoders.timm_encoder import TimmEncoder
 from segfold.encoders.vit import ViTEncoder
@@ -12,6 +12,7 @@ __all__ = [
     "MixTransformerEncoder",
     "TimmEncoder",
     "ViTEncoder",
+    "encoder_follows_weights",
     "get_encoder",
     "get_preprocessing_params",
     "get_vit_encoder",

@@ -219,6 +219,17 @@ def _from_timm_state_dict(
     return encoder
 
 
+def encoder_follows_weights(name: str, weights: str | os.PathLike | None) -> bool:
+    """Whether the timm model `get_encoder` builds for `name` depends on `weights`.
+
+    An EfficientNet(-Lite) name builds timm's ``tf_`` twin (TF padding) from efficientnet_pytorch-layout
+    weights (a file, or the pip package's for ``imagenet``) and itself otherwise; the model built records
+    which (``model.encoder_timm_name``). Every other name builds the same model whatever the weights.
+    """
+    timm_name = resolve_encoder_name(name)
+    return weights is not None and tf_twin(timm_name) != timm_name
+
+
 def get_preprocessing_params(name: str, weights: str | os.PathLike | None = "imagenet") -> dict[str, list[float]]:
     """Input normalisation of an encoder's pretrained weights, from timm's ``pretrained_cfg``.
 

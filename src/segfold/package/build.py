@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 
 
 # what a weights-only checkpoint keeps (no optimizer, scheduler, scaler, sampler or RNG state)
-KEPT_KEYS = ("model", "config", "fold", "epoch", "preprocessing", "weights", "monitor", "value", "score")
+KEPT_KEYS = ("model", "config", "fold", "epoch", "preprocessing", "encoder_timm_name", "weights", "monitor", "value",
+             "score")
 
 
 def _weights_only(state: dict[str, Any], model: nn.Module, fp16: bool) -> dict[str, Any]:

@@ -7,6 +7,7 @@ stores (`views`), writing a store batch by batch (`writer`), an experiment's fol
 """
 
 from segfold.probs.checkpoint import (
+    checkpoint_model,
     load_checkpoint,
     load_checkpoint_model,
     load_fold_models,
@@ -103,6 +104,7 @@ __all__ = [
     "fold_checkpoints",
     "fold_dirs",
     "fold_number",
+    "checkpoint_model",
     "load_checkpoint",
     "load_checkpoint_model",
     "load_fold_models",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from segfold.config.load import validate_config
+from segfold.encoders import encoder_follows_weights, get_preprocessing_params
 from segfold.errors import TrainingError
 from segfold.models import build_model
 from segfold.probs.outputs import AUTO_CHECKPOINT, checkpoint_name, fold_checkpoints
@@ -38,6 +39,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
     """Rebuild the model saved in a checkpoint, in eval mode, with the config it was trained with.
 
+    The encoder is built without the configured ``model.encoder_weights`` (the checkpoint's weights
+    replace them: no model hub, pip package or weights file is needed), see `checkpoint_model`.
+
     Args:
         path: a `best.pt` / `last.pt` / top-k file written by `segfold.train.train`.
         device: where the model goes.
@@ -49,7 +53,30 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device = 
     """
     state = load_checkpoint(path)
     cfg = validate_config(state["config"], source=f"{path} (embedded config)")
-    model = build_model(cfg.model, len(cfg.data.classes))
+    model = checkpoint_model(state, cfg, path)
+    model.checkpoint_epoch = state.get("epoch")
+    return model.to(device).eval(), cfg
+
+
+def checkpoint_model(state: dict[str, Any], cfg: Any, path: str | os.PathLike) -> nn.Module:
+    """The network of `cfg.model` holding the weights of the checkpoint `state` (read from `path`).
+
+    Built with random encoder weights, as the timm model that the configured weights built when it
+    was trained (``encoder_timm_name`` in the checkpoint), with the input normalisation the checkpoint
+    recorded. NOTE an older checkpoint that records no timm model, of an EfficientNet with pretrained
+    weights, is built with those weights as before: they decided between timm's twins (``tf_`` padding
+    or not), which share every tensor name and shape, so the file alone cannot tell.
+
+    Raises:
+        TrainingError: the weights do not fit the network.
+    """
+    built = state.get("encoder_timm_name")
+    if built is None and encoder_follows_weights(cfg.model.encoder_name, cfg.model.encoder_weights):
+        model = build_model(cfg.model, len(cfg.data.classes))
+    else:
+        model = build_model(cfg.model, len(cfg.data.classes), pretrained=False, encoder_timm_name=built)
+        if not state.get("preprocessing"):  # an older checkpoint: the normalisation of the configured weights
+            model.preprocessing = get_preprocessing_params(cfg.model.encoder_name, cfg.model.encoder_weights)
     # `deep_supervision` only changes what the model returns in training mode; weights are the same.
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
@@ -60,8 +87,7 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device = 
     if state.get("preprocessing"):
         model.preprocessing = {key: list(value) if isinstance(value, (list, tuple)) else value
                                for key, value in state["preprocessing"].items()}
-    model.checkpoint_epoch = state.get("epoch")
-    return model.to(device).eval(), cfg
+    return model
 
 
 def required_fold_checkpoints(output_dir: str | os.PathLike, checkpoint: str,

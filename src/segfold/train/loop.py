@@ -40,6 +40,7 @@ from segfold.probs import (
     batch_scores,
     batch_truth,
     checkpoint_entry,
+    checkpoint_model,
     load_checkpoint,
     new_record,
     probabilities,
@@ -149,7 +150,7 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
         if epoch_callback is not None and offset:
             callback = functools.partial(shifted_callback, epoch_callback, offset)  # one epoch axis over the stages
         with deterministic_mode(stage_cfg.train.deterministic, warn_only=info.device.type == "cuda"):
-            run = FoldRun(stage_cfg, fold, info, folder=folder, init_weights=init, label=label)
+            run = FoldRun(stage_cfg, fold, info, folder=folder, init_weights=init, label=label, resume=resume)
             result = run.fit(resume, callback)
         results.append(result)
         init, offset = folder / result["checkpoint"], offset + stage_cfg.train.epochs
@@ -200,7 +201,7 @@ class FoldRun:
     """Everything one fold's training holds: data, model, EMA, optimizer, schedule, tracker."""
 
     def __init__(self, cfg: Any, fold: int | str, info: DistInfo, folder: Path | None = None,
-                 init_weights: Path | None = None, label: str | None = None) -> None:
+                 init_weights: Path | None = None, label: str | None = None, resume: bool = False) -> None:
         self.cfg, self.fold, self.info = cfg, fold, info
         self.full = fold == FULL
         self.fold_dir = folder if folder is not None else Path(cfg.experiment.output_dir) / f"fold{fold}"
@@ -208,20 +209,26 @@ class FoldRun:
         self.init_weights = init_weights
         self.cfg_dict = config_to_dict(cfg)
         tcfg = cfg.train
+        # weights that replace the configured pretrained ones at once: the previous stage's chosen file, or
+        # the last.pt a resumed run continues (restored in full by `fit`)
+        source, start = self._starting_checkpoint(resume)
         # the data first: a wrong path fails before any model is built
-        norm = get_preprocessing_params(cfg.model.encoder_name, cfg.model.encoder_weights)
+        norm = (start or {}).get("preprocessing") or get_preprocessing_params(cfg.model.encoder_name,
+                                                                               cfg.model.encoder_weights)
         self.data: FoldData = build_fold_data(cfg, fold, info, list(norm["mean"]), list(norm["std"]))
         self.threads = apply_threads(self.data.loader_workers)
         seed_everything(cfg.experiment.seed)
-        model = build_model(cfg.model, len(cfg.data.classes))
+        if start is None:
+            model = build_model(cfg.model, len(cfg.data.classes))
+        else:  # NOTE no hub, pip package or weights file: the checkpoint's weights and normalisation
+            model = checkpoint_model(start, cfg, source)
         loaded = model.pretrained_cfg  # the normalisation of the weights the encoder actually loaded
         if (loaded["mean"], loaded["std"]) != (norm["mean"], norm["std"]):
             raise TrainingError(f"the encoder's weights expect inputs normalised with mean {loaded['mean']} / std "
                                 f"{loaded['std']}, the data was set up with {norm['mean']} / {norm['std']}; "
                                 "please report this (segfold.encoders.get_preprocessing_params disagrees)")
         self.preprocessing = loaded
-        if init_weights is not None:  # a later stage starts from the previous stage's chosen weights
-            model.load_state_dict(load_checkpoint(init_weights)["model"])
+        self.encoder_timm_name = model.encoder_timm_name  # what the weights built: checkpoints record it
         model.to(info.device)
         if tcfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -251,6 +258,21 @@ class FoldRun:
             top_k = max(top_k, tcfg.average.count)  # the files the average is made of
         self.tracker = BestTracker(maximize=self.maximize, min_delta=tcfg.min_delta, top_k=top_k)
         self.frozen: bool | None = None
+
+    def _starting_checkpoint(self, resume: bool) -> tuple[Path | None, dict[str, Any] | None]:
+        """The checkpoint whose weights the model starts from (path, state), or (None, None): the configured ones.
+
+        A resumed run's `last.pt` (when its model section is this config's: else `_restore` refuses it),
+        else the previous stage's chosen file (`init_weights`).
+        """
+        last = self.fold_dir / "last.pt"
+        if resume and last.is_file():
+            state = load_checkpoint(last)
+            if state["config"].get("model") == self.cfg_dict["model"]:
+                return last, state
+        if self.init_weights is not None:
+            return self.init_weights, load_checkpoint(self.init_weights)
+        return None, None
 
     # ------------------------------------------------------------------------------------ the run
 
@@ -408,7 +430,7 @@ class FoldRun:
         module = self.ema.module if weights == "ema" else self.model
         save_checkpoint(path, {
             "model": module.state_dict(), "config": self.cfg_dict, "fold": self.fold, "epoch": epoch,
-            "preprocessing": self.preprocessing,
+            "preprocessing": self.preprocessing, "encoder_timm_name": self.encoder_timm_name,
             "weights": weights, "monitor": self.cfg.train.monitor, "value": values[0], "score": values[1],
         })
 
@@ -428,7 +450,7 @@ class FoldRun:
             "finished": finished,
             "score": metrics["score"],
             "config": self.cfg_dict,
-            "preprocessing": self.preprocessing,
+            "preprocessing": self.preprocessing, "encoder_timm_name": self.encoder_timm_name,
             "fold": self.fold,
         })
 
