@@ -8,8 +8,9 @@ score uses `data.metric` at the default threshold (0.5; argmax for multiclass); 
 post-processing next with `scripts/tune_thresholds.py`.
 
 By default the OOF is the trainer's (each fold's best weights, no TTA). With `infer.oof_tta: true`, or
-`--tta NAME`, each fold's validation images are predicted again with that fold's model and the TTA the
-test images get, so that the thresholds are tuned on the same kind of probabilities they are applied to.
+`--tta NAME` (and/or `--scales`, also with `--tta none`), each fold's validation images are predicted again
+with that fold's model and the TTA and scales the test images get (predict.py's predictor), so that the
+thresholds are tuned on the same kind of probabilities they are applied to.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="re-predict each fold's validation images with this TTA (default: infer.tta when "
                              "infer.oof_tta is true, else none: the trainer's OOF)")
     parser.add_argument("--scales", type=float, nargs="+", default=None,
-                        help="multi-scale TTA factors with --tta (default infer.scales)")
+                        help="multi-scale factors, e.g. 0.75 1.25 (1.0 is always added), as predict.py --scales; "
+                             "with --tta none too (default infer.scales when --tta is given or infer.oof_tta is "
+                             "true, else none)")
     parser.add_argument("--by-fold", action="store_true",
                         help="do not gather: print the gathered OOF's scores per fold and class, at threshold 0.5 "
                              "and with thresholds.json (else the config's rules)")
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(result["table"])
     missing = f" (missing folds: {result['missing_folds']})" if result["missing_folds"] else ""
     print(f"OOF {cfg.data.metric} = {result['score']:.5f} on {result['images']} images from folds "
-          f"{result['folds']}{missing}, TTA {result['tta']}")
+          f"{result['folds']}{missing}, TTA {result['tta_label']}")
     print(f"OOF store: {result['path']}")
     return result
 

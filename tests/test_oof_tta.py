@@ -13,10 +13,11 @@ import logging
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segfold.data.dataset import SegmentationDataset
 from segfold.data.transforms import build_transforms
-from segfold.probs import ProbStore, load_checkpoint_model, read_record, tta_mismatch
+from segfold.probs import ProbStore, load_checkpoint_model, open_oof, read_record, tta_label, tta_mismatch
 from segfold.train.checkpoint import save_checkpoint
 from test_provenance import demo, make_cfg, save_best, write_fold_oof  # noqa: F401  (demo is a fixture)
 
@@ -118,8 +119,62 @@ def test_thresholds_tuned_without_tta_warn_when_the_test_uses_tta(demo, tmp_path
 def test_tta_mismatch_names_both_sides():
     assert tta_mismatch("hflip", "hflip") is None
     assert tta_mismatch(None, "flips") is None  # unknown (an old store): no guess
-    message = tta_mismatch("none", "flips+scales")
-    assert "'none'" in message and "'flips+scales'" in message and "infer.oof_tta: true" in message
+    message = tta_mismatch("none", "flips+scales[1,1.25]")
+    assert "'none'" in message and "'flips+scales[1,1.25]'" in message and "infer.oof_tta: true" in message
+    assert tta_mismatch("none+scales[1,1.5]", "none+scales[1,1.25]")  # other factors: another TTA
+    assert tta_mismatch("flips+scales", "flips+scales[0.75,1]") is None  # an old record: factors unknown
+    assert tta_mismatch("flips+scales", "flips") is not None
+    # the label: sorted factors, 1.0 added as build_tta adds it; [1.0] alone is no multi-scale
+    assert tta_label({"tta": "none", "scales": [1.5]}) == "none+scales[1,1.5]"
+    assert tta_label({"tta": "d4", "scales": [1.25, 0.75, 1.0]}) == "d4+scales[0.75,1,1.25]"
+    assert tta_label({"tta": "hflip", "scales": [1.0]}) == tta_label({"tta": "hflip"}) == "hflip"
+
+
+def _scales_by_hand(cfg, fold, image_id, scale):
+    """Fold `fold`'s probabilities of `image_id`: the mean of sigmoid(model(x)) and of the model's sigmoid on x
+    resized by `scale` (bilinear), resized back."""
+    model, _ = load_checkpoint_model(cfg.experiment.output_dir / f"fold{fold}" / "best.pt", "cpu")
+    norm = model.pretrained_cfg
+    dataset = SegmentationDataset(cfg.data, [image_id], mean=norm["mean"], std=norm["std"], folder="train",
+                                  transforms=build_transforms(cfg.data, "valid"))
+    x = dataset[0]["image"][None]
+    height, width = x.shape[-2:]
+    with torch.no_grad():
+        plain = torch.sigmoid(model(x))
+        big = F.interpolate(x, size=(int(height * scale), int(width * scale)), mode="bilinear", align_corners=False)
+        back = F.interpolate(torch.sigmoid(model(big)), size=(height, width), mode="bilinear", align_corners=False)
+    return ((plain + back) / 2)[0].numpy()
+
+
+def test_oof_without_tta_honours_scales_as_predict_does(demo, tmp_path, caplog):  # noqa: F811
+    """`oof.py --tta none --scales 1.0 1.5`: each fold's validation images through the multi-scale predictor
+    (not the trainer's single-scale store); the store records the scales, and thresholds tuned on it warn
+    when the test is predicted without them."""
+    from segfold.oof import gather_oof
+    from segfold.postprocess import tune_thresholds
+
+    cfg = _experiment(demo, tmp_path)
+    single = gather_oof(cfg, tta="none")
+    single_store = ProbStore.open(cfg.experiment.output_dir / "oof", "oof")
+    single_rows = {i: single_store.read(single_store.row_of(i)) for i in ("train_0001.jpg", "train_0004.jpg")}
+    assert single["tta_label"] == "none" and single_store.provenance["scales"] == [1.0]
+
+    result = gather_oof(cfg, tta="none", scales=[1.0, 1.5])
+    assert result["tta"] == "none" and result["scales"] == [1.0, 1.5] and result["tta_label"] == "none+scales[1,1.5]"
+    store = ProbStore.open(cfg.experiment.output_dir / "oof", "oof")
+    assert store.provenance["scales"] == [1.0, 1.5] and tta_label(store.provenance) == "none+scales[1,1.5]"
+    assert open_oof(cfg.experiment.output_dir).tta == "none+scales[1,1.5]"
+    for image_id, fold in (("train_0001.jpg", 0), ("train_0004.jpg", 1)):
+        expected = _scales_by_hand(cfg, fold, image_id, 1.5)
+        got = store.read(store.row_of(image_id))
+        assert np.abs(got - expected).max() <= 0.5 / 255 + 1e-4
+        assert np.abs(got - single_rows[image_id]).max() > 0.05  # the 1.5x copy changed the OOF
+
+    with caplog.at_level(logging.WARNING):
+        tune_thresholds(cfg)  # the test's TTA: infer.tta 'none', infer.scales [1.0]
+    assert "tuned on OOF probabilities predicted with TTA 'none+scales[1,1.5]' but the test probabilities use " \
+        "'none'" in caplog.text
+    assert read_record(cfg.experiment.output_dir / "thresholds.json")["oof_tta"] == "none+scales[1,1.5]"
 
 
 def test_oof_comes_from_the_checkpoint_the_test_gets(demo, tmp_path):  # noqa: F811

@@ -46,6 +46,7 @@ from segfold.probs import (
     score_masks,
     selected_checkpoint,
     truth_masks,
+    tta_label,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,14 +63,18 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
         chunk: images scored at a time.
         allow_stale: warn instead of failing when a fold's OOF no longer matches its checkpoint.
         tta: None: `infer.tta` when `infer.oof_tta` is true, else the trainer's stores ("none"). A TTA
-            name other than "none" re-predicts each fold's validation images with that fold's
-            `infer.checkpoint` and this TTA, as `scripts/predict.py` predicts the test images. So does
-            "none" when `infer.checkpoint` is not the file the trainer's store came from (e.g.
-            `last.pt`, or `averaged.pt`): the OOF always comes from the checkpoint the test gets.
-        scales: multi-scale factors with `tta` (default `infer.scales`).
+            name other than "none", or multi-scale factors, re-predict each fold's validation images with
+            that fold's `infer.checkpoint` and this TTA, as `scripts/predict.py` predicts the test images
+            (the same predictor). So does "none" when `infer.checkpoint` is not the file the trainer's
+            store came from (e.g. `last.pt`, or `averaged.pt`): the OOF always comes from the checkpoint
+            the test gets.
+        scales: multi-scale factors (1.0 is always added), as `scripts/predict.py --scales`; default
+            `infer.scales` when a TTA is given or `infer.oof_tta` is true (as predict's default), else
+            none (the trainer's stores).
 
     Returns:
-        `{"score", "class_dice", "table", "folds", "missing_folds", "images", "path", "tta"}`.
+        `{"score", "class_dice", "table", "folds", "missing_folds", "images", "path", "tta", "scales",
+        "tta_label"}` (the TTA name with its scales, `segfold.probs.tta_label`).
 
     Raises:
         TrainingError: no fold has an OOF store yet (or, with TTA, a fold has no checkpoint).
@@ -96,20 +101,21 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
     image_ids += [i for i in view.image_ids if i not in listed]
     fold_ids = {k: list(fold_store.image_ids) for k, fold_store in zip(dirs, stores, strict=True)}
     fold_of = {image_id: k for k, ids in fold_ids.items() for image_id in ids}
+    follows_test = tta is not None or cfg.infer.oof_tta  # else the trainer's stores, unless scales are given
     tta_name = tta if tta is not None else (cfg.infer.tta if cfg.infer.oof_tta else "none")
-    scale_list = [float(s) for s in (scales if scales is not None else cfg.infer.scales)] \
-        if tta_name != "none" else [1.0]
+    scale_list = [float(s) for s in (scales if scales is not None else cfg.infer.scales if follows_test else [1.0])]
+    plain = tta_name == "none" and all(s == 1.0 for s in scale_list)  # one copy per image, as the trainer's
     _, _, height, width = view.shape
     record = new_record("oof", cfg, inputs=view.input_entries(), folds=found, missing_folds=missing,
                         tta=tta_name, scales=scale_list)
     store = ProbStore.create(out / OOF_NAME, OOF_NAME, image_ids, view.classes, height, width, provenance=record)
     other = [k for k, fold_store in zip(dirs, stores, strict=True)
              if not _made_with(fold_store, cfg.infer.checkpoint)]
-    if other and tta_name == "none":
+    if other and plain:
         logger.info("folds %s wrote their OOF with another checkpoint than infer.checkpoint (%s): predicting "
                     "their validation images again", other, cfg.infer.checkpoint)
     try:
-        if tta_name == "none" and not other:
+        if plain and not other:
             rows = np.array([row_of[i] for i in image_ids], dtype=np.int64)
             for start in range(0, len(rows), chunk):  # copied as stored: no second rounding
                 store.write_uint8(np.arange(start, min(start + chunk, len(rows))),
@@ -125,7 +131,7 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
         store.abort()  # NOTE no half-written OOF: the previous one (if any) stays, marked as not the latest
         raise
     logger.info("OOF: %d images from folds %s%s, TTA '%s'", len(image_ids), found,
-                f"; missing folds {missing}" if missing else "", tta_name)
+                f"; missing folds {missing}" if missing else "", tta_label(record))
     result = score_store(cfg, oof, chunk)
     frame = pd.DataFrame({"ImageId": image_ids, "fold": [fold_of[i] for i in image_ids],
                           "score": result.pop("image_scores")})
@@ -135,7 +141,7 @@ def gather_oof(cfg: Any, chunk: int = 32, allow_stale: bool = False, tta: str | 
         frame.to_csv(tmp, index=False)
     result.pop("pair_dice")
     result.update(folds=found, missing_folds=missing, images=len(image_ids), path=str(out / OOF_NAME),
-                  tta=tta_name)
+                  tta=tta_name, scales=scale_list, tta_label=tta_label(record))
     return result
 
 
@@ -173,8 +179,8 @@ def predict_folds_into(cfg: Any, store: ProbStore, fold_ids: dict[int, list[str]
         loader = DataLoader(dataset, batch_size=infer.batch_size, shuffle=False, num_workers=infer.num_workers,
                             worker_init_fn=worker_threads)
         apply_threads(infer.num_workers)
-        logger.info("fold %d: predicting its %d validation images with TTA '%s' (%d copies)", k, len(ids), tta,
-                    len(transforms))
+        logger.info("fold %d: predicting its %d validation images with TTA '%s' (%d copies)", k, len(ids),
+                    tta_label({"tta": tta, "scales": list(scales)}), len(transforms))
         for batch in loader:
             with torch.no_grad():
                 probs, cls_probs = predict_images(predict, batch["image"].to(device), infer)

@@ -110,7 +110,8 @@ class StoreView:
     @property
     def tta(self) -> str | None:
         """The test-time augmentation its probabilities were predicted with ("none" for the trainer's OOF;
-        e.g. "flips+scales" with multi-scale copies), None when unknown (old stores) or mixed."""
+        e.g. "flips+scales[1,1.25]" with multi-scale copies, `tta_label`), None when unknown (old stores) or
+        mixed."""
         names = {tta_label(s.provenance) for s in self.stores}
         return names.pop() if len(names) == 1 else None
 
@@ -120,20 +121,24 @@ class StoreView:
 
 
 def tta_label(record: dict | None) -> str | None:
-    """The TTA a store's record names, with "+scales" when it used multi-scale copies; None when unknown."""
+    """The TTA a store's record names, with its multi-scale factors when it used any ("flips+scales[0.75,1,1.25]":
+    sorted, 1.0 included, as `segfold.predict.build_tta` runs them); None when unknown."""
     if not record or record.get("tta") is None:
         return None
-    scales = [float(x) for x in record.get("scales") or [1.0]]
-    return str(record["tta"]) + ("+scales" if any(x != 1.0 for x in scales) else "")
+    scales = sorted({1.0, *(float(x) for x in record.get("scales") or [1.0])})
+    return str(record["tta"]) + (f"+scales[{','.join(f'{x:g}' for x in scales)}]" if len(scales) > 1 else "")
 
 
 def tta_mismatch(tuned_on: str | None, applied_to: str | None) -> str | None:
-    """A warning when thresholds tuned on probabilities of one TTA are applied to those of another."""
+    """A warning when thresholds tuned on probabilities of one TTA (and scales) are applied to those of another."""
     if tuned_on is None or applied_to is None or tuned_on == applied_to:
         return None
+    if tuned_on.endswith("+scales") and applied_to.startswith(tuned_on + "["):
+        return None  # NOTE a record written before labels named the scales: multi-scale, factors unknown
     return (f"the thresholds were tuned on OOF probabilities predicted with TTA '{tuned_on}' but the test "
             f"probabilities use '{applied_to}': averaged copies are smoother, so the best threshold and minimum "
-            f"areas shift; set infer.oof_tta: true (or run scripts/oof.py --tta with the test's TTA) and tune again")
+            f"areas shift; set infer.oof_tta: true (or run scripts/oof.py --tta/--scales with the test's TTA and "
+            f"scales) and tune again")
 
 
 def check_store(store: ProbStore, stage: str, allow_stale: bool = False) -> None:
