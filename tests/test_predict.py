@@ -317,3 +317,42 @@ def build_fold0_model(cfg):
     model = build_model(cfg.model, 2).eval()
     model.load_state_dict(torch.load(cfg.experiment.output_dir / "fold0" / "best.pt", weights_only=True)["model"])
     return model
+
+
+def test_predict_logs_the_checkpoint_file_of_every_model(tmp_path, caplog):
+    """One line per fold naming the file it predicts with ('auto': the one the fold chose), and the full-data fit's."""
+    import json
+    import logging
+    import shutil
+
+    from segfold.data.demo import make_demo_data
+    from segfold.predict import predict_test
+    from test_provenance import make_cfg, save_best
+
+    demo = make_demo_data(tmp_path / "demo", seed=2, n_train=6, n_test=2)
+    cfg = make_cfg(demo, tmp_path / "out")
+    out = cfg.experiment.output_dir
+    save_best(cfg, 0, epoch=3)
+    (out / "fold0" / "result.json").write_text(json.dumps({"checkpoint": "best.pt"}))
+    save_best(cfg, 1, epoch=4)
+    shutil.copy(save_best(cfg, 1, seed=1, epoch=6), out / "fold1" / "averaged.pt")  # fold 1's average won
+    save_best(cfg, 1, epoch=4)
+    (out / "fold1" / "result.json").write_text(json.dumps({"checkpoint": "averaged.pt"}))
+    (out / "full").mkdir()
+    shutil.copy(save_best(cfg, 0, seed=2, epoch=9), out / "full" / "best.pt")  # the full-data fit (epoch 9)
+    save_best(cfg, 0, epoch=3)
+
+    both = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"checkpoint": "auto", "models": "both"})})
+    with caplog.at_level(logging.INFO, logger="segfold.predict"):
+        predict_test(both)
+    chose = "infer.checkpoint 'auto': the file it chose"
+    assert f"fold 0: best.pt (epoch 3; {chose}) {(out / 'fold0' / 'best.pt').resolve()}" in caplog.text
+    assert f"fold 1: averaged.pt (epoch 6; {chose}) {(out / 'fold1' / 'averaged.pt').resolve()}" in caplog.text
+    assert f"full-data fit: best.pt (epoch 9; {chose}) {(out / 'full' / 'best.pt').resolve()}" in caplog.text
+
+    caplog.clear()
+    plain = cfg.model_copy(update={"infer": cfg.infer.model_copy(update={"checkpoint": "best.pt", "folds": [1]})})
+    with caplog.at_level(logging.INFO, logger="segfold.predict"):
+        predict_test(plain)
+    assert f"fold 1: best.pt (epoch 4) {(out / 'fold1' / 'best.pt').resolve()}" in caplog.text
+    assert "fold 0:" not in caplog.text and "full-data fit" not in caplog.text

@@ -100,5 +100,6 @@ def load_exported_folds(cfg: Config, fmt: str, folds: Sequence[int] | None, devi
             raise WeightsError(f"{path} was exported from an earlier {checkpoint.name} (the checkpoint changed since); "
                                f"re-export it: python scripts/export.py --config <config> --format {fmt} "
                                f"--folds {fold}")
+        logger.info("fold %d: %s (exported from %s) %s", fold, path.name, checkpoint.name, path)
         models.append(model)
     return models, sorted(paths)

@@ -94,6 +94,8 @@ def load_models(cfg: Any, folds: Sequence[int] | None, device: torch.device, run
     if infer.models in ("folds", "both"):
         if runtime == "torch":
             models, used, checkpoints = load_fold_models(out, infer.checkpoint, folds, device)
+            for entry in checkpoints:
+                _log_checkpoint(f"fold {entry['fold']}", entry, infer.checkpoint)
         else:  # NOTE exported models are not checked against the checkpoints (no record of their files yet)
             models, used = load_exported_folds(cfg, runtime, folds, device)
     if infer.models in ("full", "both"):
@@ -106,10 +108,17 @@ def load_models(cfg: Any, folds: Sequence[int] | None, device: torch.device, run
         models.append(load_checkpoint_model(path, device)[0])
         entry.update(epoch=models[-1].checkpoint_epoch, model=FULL_DIR)
         checkpoints.append(entry)
+        _log_checkpoint("full-data fit", entry, infer.checkpoint)
     weights = None
     if infer.models == "both":
         weights = [(1 - infer.full_weight) / len(used)] * len(used) + [infer.full_weight]
     return models, list(used), weights, checkpoints
+
+
+def _log_checkpoint(model: str, entry: dict[str, Any], setting: str) -> None:
+    """One line naming the checkpoint file a model predicts with (the one chosen, for infer.checkpoint 'auto')."""
+    chosen = f"; infer.checkpoint '{AUTO_CHECKPOINT}': the file it chose" if setting == AUTO_CHECKPOINT else ""
+    logger.info("%s: %s (epoch %s%s) %s", model, Path(entry["path"]).name, entry["epoch"], chosen, entry["path"])
 
 
 def predict_test(cfg: Any, folds: Sequence[int] | None = None, tta: str | None = None,
