@@ -18,6 +18,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Optuna trials per class (default postprocess.tune.optuna_trials; 0 = grid only)")
     parser.add_argument("--metric", default=None, choices=["dice_pairs", "dice_image", "tgs_iou"],
                         help="score to maximise (default postprocess.tune.metric, else data.metric)")
+    parser.add_argument("--cross-fold", action="store_true",
+                        help="also score, per fold, rules tuned on the other folds only (the search's optimism)")
     return parser.parse_args(argv)
 
 
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.overrides += [f"postprocess.tune.{key}={value}" for key, value in
                        (("optuna_trials", args.trials), ("metric", args.metric)) if value is not None]
+    if args.cross_fold:
+        args.overrides.append("postprocess.tune.cross_fold=true")
     cfg = config_from_args(args)
 
     from segfold.postprocess import tune_thresholds

@@ -259,3 +259,49 @@ def test_tune_thresholds_refuses_an_empty_oof(tmp_path):
     empty = ProbStore.create(tmp_path, "oof", [], ["a"], 4, 4).finalize()
     with pytest.raises(DataError, match="holds no images"):
         tune_thresholds(validate_config({}), source=StoreView([empty]), truth_fn=lambda image_id: None)
+
+
+def cross_fold_config(tmp_path, name, cross_fold=True):
+    return validate_config({"experiment": {"name": name, "output_root": str(tmp_path)},
+                            "data": {"classes": ["a", "b"], "folds": {"n_folds": 2}},
+                            "postprocess": {"threshold": 0.9, "tune": {"optuna_trials": 6, "max_images": 12,
+                                                                       "thresholds": [0.2, 0.4, 0.6],
+                                                                       "min_areas": [0, 10, 40],
+                                                                       "cross_fold": cross_fold}}})
+
+
+def test_cross_fold_scores_each_fold_with_rules_tuned_on_the_other_fold_only(tmp_path):
+    parts = [make_oof(tmp_path / "e" / f"fold{k}", n=10, seed=3 + k, start=10 * k) for k in range(2)]
+    truth = {**parts[0][1], **parts[1][1]}
+    ids = [i for store, _ in parts for i in store.image_ids]
+    (tmp_path / "e" / "folds.csv").write_text("ImageId,fold\n" + "".join(f"{i},{int(i[3:]) // 10}\n" for i in ids))
+    result = tune_thresholds(cross_fold_config(tmp_path, "e"), truth_fn=truth.__getitem__)
+    cross = result["cross_fold"]
+    assert [row["fold"] for row in cross["folds"]] == [0, 1] and [row["images"] for row in cross["folds"]] == [10, 10]
+    start = PostprocessParams(("a", "b"), (ClassRules(threshold=0.9),) * 2)
+    for k, (store, part_truth) in enumerate(parts):
+        # the independent route: an experiment that holds only the other fold, tuned by the plain search
+        other = 1 - k
+        make_oof(tmp_path / f"only{other}" / f"fold{other}", n=10, seed=3 + other, start=10 * other)
+        alone = tune_thresholds(cross_fold_config(tmp_path, f"only{other}", cross_fold=False),
+                                truth_fn=truth.__getitem__)["params"]
+        row = cross["folds"][k]
+        assert row["tuned_other_folds"] == pytest.approx(brute_score(store, part_truth, alone, "dice_pairs").mean(),
+                                                         abs=1e-12)
+        assert row["tuned_all"] == pytest.approx(
+            brute_score(store, part_truth, result["params"], "dice_pairs").mean(), abs=1e-12)
+        assert row["config"] == pytest.approx(brute_score(store, part_truth, start, "dice_pairs").mean(), abs=1e-12)
+    mean = (cross["folds"][0]["tuned_other_folds"] + cross["folds"][1]["tuned_other_folds"]) / 2
+    assert cross["score"] == pytest.approx(mean) and cross["optimism"] == pytest.approx(result["score_after"] - mean)
+    saved = json.loads((tmp_path / "e" / "thresholds.json").read_text())["cross_fold"]
+    assert saved["score"] == pytest.approx(cross["score"])
+
+
+def test_cross_fold_needs_two_folds_and_a_folds_file(tmp_path):
+    _, truth = make_oof(tmp_path / "e" / "fold0", n=10, seed=3)
+    cfg = cross_fold_config(tmp_path, "e")
+    with pytest.raises(DataError, match="folds file not found"):
+        tune_thresholds(cfg, truth_fn=truth.__getitem__)
+    (tmp_path / "e" / "folds.csv").write_text("ImageId,fold\n" + "".join(f"img{i:03d},{i // 10}\n" for i in range(20)))
+    with pytest.raises(DataError, match=r"at least two folds.*fold\(s\) \[0\]"):
+        tune_thresholds(cfg, truth_fn=truth.__getitem__)

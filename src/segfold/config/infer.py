@@ -111,6 +111,8 @@ class ThresholdTuneConfig(StrictModel):
     max_images: int = Field(1000, ge=1, description="Optuna scores trials on a seeded sub-sample of this many "
                                                     "OOF images (all of them when fewer)")
     chunk_images: int = Field(16, ge=1, description="images read at once from the OOF store")
+    cross_fold: bool = Field(False, description="also tune on every fold's complement and score the rules on the "
+                                                "fold (the search's optimism; scripts/tune_thresholds.py --cross-fold)")
 
     @field_validator("thresholds")
     @classmethod

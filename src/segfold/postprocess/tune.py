@@ -11,6 +11,8 @@
 5. With a holdout store (`outputs/<exp>/holdout/`, `scripts/predict.py --split holdout`), both rules
    are scored on the holdout images too, which the search never saw: the gap between the OOF gain
    and the holdout gain shows how much the search over-fitted. The scores go to `outputs/runs.csv`.
+6. With `postprocess.tune.cross_fold` (`--cross-fold`), steps 2-4 run again on each fold's complement and
+   the rules found are scored on the fold (`cross_fold_scores`): the same check without a holdout.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from segfold.data.folds import folds_path, load_folds
 from segfold.errors import DataError
 from segfold.io import atomic_path
 from segfold.postprocess.components import ComponentCache
@@ -39,6 +42,7 @@ from segfold.postprocess.rules import THRESHOLDS_FILE, PostprocessParams, save_t
 from segfold.probs import (
     HOLDOUT_NAME,
     PackedTruth,
+    RowsView,
     StoreView,
     TruthFn,
     expected_folds,
@@ -91,9 +95,9 @@ def plot_curves(grid: GridResult, classes: list[str], path: str | Path, ylabel: 
     return Path(path)
 
 
-def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: float, source: StoreView,
-            truth_fn: TruthFn, cfg: Any, components: ComponentCache,
-            max_area: int) -> tuple[PostprocessParams, dict[str, Any]]:
+def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: float, source: StoreView | RowsView,
+            truth_fn: TruthFn, cfg: Any, components: ComponentCache, max_area: int,
+            log: Any = logger.info) -> tuple[PostprocessParams, dict[str, Any]]:
     """Step 3: Optuna per class on a sub-sample, each winner confirmed on the whole OOF."""
     tune = cfg.postprocess.tune
     num = hist.num_images
@@ -115,11 +119,11 @@ def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: flo
         candidate = params.with_rule(c, rule)
         score = evaluate(hist, candidate, metric, empty, components)
         if score > current + 1e-12:
-            logger.info("  optuna: %s: %s -> OOF score %.5f (was %.5f)", name, rule, score, current)
+            log("  optuna: %s: %s -> OOF score %.5f (was %.5f)", name, rule, score, current)
             params, current = candidate, score
             info["kept"].append(name)
         else:
-            logger.info("  optuna: %s: %s won on the sub-sample but not on the whole OOF; not kept", name, rule)
+            log("  optuna: %s: %s won on the sub-sample but not on the whole OOF; not kept", name, rule)
     return params, info
 
 
@@ -172,23 +176,9 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
 
     hist = collect_histograms(source, truth_fn, start.one_class_per_pixel, timer=timer)
     components = ComponentCache(source, truth_fn, None, start.one_class_per_pixel, hist, timer)
-    before = evaluate(hist, start, metric, empty, components)
-    logger.info("  config rules: %.5f", before)
-
     min_areas = tune.min_areas if tune.min_areas is not None else default_min_areas(height, width)
-    with timer("grid"):
-        grid = grid_search(hist, start.total_area(), metric, tune.thresholds, min_areas, empty, tune.rounds)
-    logger.info("  grid (%d thresholds x %d areas, %s): %.5f", len(tune.thresholds), len(min_areas), grid.method,
-                grid.score)
-    params, optuna_info = grid.params, None
-    if tune.optuna_trials > 0:
-        with timer("refinement"):
-            params, optuna_info = _refine(hist, params, metric, empty, source, truth_fn, cfg, components,
-                                          max(min_areas))
-    after = evaluate(hist, params, metric, empty, components)
-    if after < before:
-        logger.info("  the config's rules score higher than every rule found; keeping them")
-        params, after = start, before
+    params, grid, optuna_info, before, after = search_rules(cfg, source, truth_fn, hist, components, start, metric,
+                                                            empty, min_areas, timer)
 
     info: dict[str, Any] = {
         "metric": metric, "empty_score": empty, "score_before": before, "score_after": after,
@@ -200,6 +190,11 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
     }
     holdout = holdout_scores(cfg, start, params, metric, empty, given_truth, allow_stale)
     info["holdout"] = holdout
+    cross = None
+    if tune.cross_fold:
+        with timer("cross_fold"):
+            cross = cross_fold_scores(cfg, source, truth_fn, hist, start, params, metric, empty, min_areas, timer)
+        info["cross_fold"] = cross
     if holdout is not None:
         logger.info("holdout (%d images the search never saw): %.5f (config) -> %.5f (tuned); gain %+.5f on the "
                     "holdout vs %+.5f on the OOF", holdout["images"], holdout["score_before"],
@@ -214,4 +209,85 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
     logger.info(params.describe())
     logger.info("OOF %s: %.5f (config) -> %.5f (tuned); wrote %s and %s", metric, before, after, path, curves)
     return {"params": params, "score_before": before, "score_after": after, "metric": metric,
-            "method": grid.method, "path": path, "curves": curves, "grid": grid, "holdout": holdout}
+            "method": grid.method, "path": path, "curves": curves, "grid": grid, "holdout": holdout,
+            "cross_fold": cross}
+
+
+def search_rules(cfg: Any, source: StoreView | RowsView, truth_fn: TruthFn, hist: Histograms,
+                 components: ComponentCache, start: PostprocessParams, metric: str, empty: float,
+                 min_areas: list[int], timer: PhaseTimer | None = None, quiet: bool = False,
+                 ) -> tuple[PostprocessParams, GridResult, dict[str, Any] | None, float, float]:
+    """Steps 2-4 on the histograms of `source`: the grid, Optuna, and the config's rules kept when they win.
+
+    Returns:
+        `(params, grid, optuna_info, score_before, score_after)`.
+    """
+    timer = timer if timer is not None else PhaseTimer()
+    tune = cfg.postprocess.tune
+    log = logger.debug if quiet else logger.info
+    before = evaluate(hist, start, metric, empty, components)
+    log("  config rules: %.5f", before)
+    with timer("grid"):
+        grid = grid_search(hist, start.total_area(), metric, tune.thresholds, min_areas, empty, tune.rounds)
+    log("  grid (%d thresholds x %d areas, %s): %.5f", len(tune.thresholds), len(min_areas), grid.method, grid.score)
+    params, optuna_info = grid.params, None
+    if tune.optuna_trials > 0:
+        with timer("refinement"):
+            params, optuna_info = _refine(hist, params, metric, empty, source, truth_fn, cfg, components,
+                                          max(min_areas), log)
+    after = evaluate(hist, params, metric, empty, components)
+    if after < before:
+        log("  the config's rules score higher than every rule found; keeping them")
+        params, after = start, before
+    return params, grid, optuna_info, before, after
+
+
+def cross_fold_scores(cfg: Any, source: StoreView, truth_fn: TruthFn, hist: Histograms, start: PostprocessParams,
+                      params: PostprocessParams, metric: str, empty: float, min_areas: list[int],
+                      timer: PhaseTimer | None = None) -> dict[str, Any]:
+    """How much of the tuned OOF score is the search fitting the OOF: per fold, the rules tuned on the other folds.
+
+    Each fold's images are scored with the config's rules, with the rules tuned on the whole OOF (which saw
+    them) and with rules searched the same way on the other folds' images only (which did not). The
+    image-weighted mean of the last is an honest estimate of the tuned score where no holdout can be set
+    aside (e.g. group folds with few groups); the difference to the whole-OOF score is the search's optimism.
+
+    Raises:
+        DataError: no `folds.csv` (`load_folds`), OOF images it does not list, or fewer than two folds in the OOF.
+    """
+    folds_file = folds_path(cfg)
+    fold_of = load_folds(cfg, create=False).set_index("ImageId")["fold"].astype(int).to_dict()
+    missing = [image_id for image_id in source.image_ids if image_id not in fold_of]
+    if missing:
+        raise DataError(f"{folds_file}: {len(missing)} OOF image(s) are not listed (first: {missing[0]!r}); "
+                        "the OOF and folds.csv belong to different splits: rerun scripts/oof.py")
+    fold = np.array([fold_of[image_id] for image_id in source.image_ids])
+    present = sorted(set(fold.tolist()))
+    if len(present) < 2:
+        raise DataError(f"the cross-fold check needs the OOF of at least two folds; {source.label} holds "
+                        f"fold(s) {present} only: train and gather more folds, or leave postprocess.tune.cross_fold "
+                        "off")
+    rows_out: list[dict[str, Any]] = []
+    for k in present:
+        held, rest = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
+        part = source.take(rest, f"{source.label} without fold {k}")
+        part_hist = hist.subset(rest)
+        part_components = ComponentCache(part, truth_fn, None, start.one_class_per_pixel, part_hist, timer)
+        rules = search_rules(cfg, part, truth_fn, part_hist, part_components, start, metric, empty, min_areas,
+                             timer, quiet=True)[0]
+        fold_view = source.take(held)
+        fold_hist = hist.subset(held)
+        fold_components = ComponentCache(fold_view, truth_fn, None, start.one_class_per_pixel, fold_hist, timer)
+        scores = {name: evaluate(fold_hist, rule_set, metric, empty, fold_components)
+                  for name, rule_set in (("config", start), ("tuned_all", params), ("tuned_other_folds", rules))}
+        rows_out.append({"fold": k, "images": len(held), **scores})
+        logger.info("  fold %d (%d images): config %.5f, tuned on the whole OOF %.5f, tuned on the other folds %.5f",
+                    k, len(held), scores["config"], scores["tuned_all"], scores["tuned_other_folds"])
+    total = sum(r["images"] for r in rows_out)
+    summary = {key: sum(r[key] * r["images"] for r in rows_out) / total
+               for key in ("config", "tuned_all", "tuned_other_folds")}
+    logger.info("cross-fold: %s %.5f with rules tuned on the other folds, %.5f tuned on the whole OOF "
+                "(the search's optimism: %+.5f)", metric, summary["tuned_other_folds"], summary["tuned_all"],
+                summary["tuned_all"] - summary["tuned_other_folds"])
+    return {"score": summary["tuned_other_folds"], "optimism": summary["tuned_all"] - summary["tuned_other_folds"],
+            "means": summary, "folds": rows_out}

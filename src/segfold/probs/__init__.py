@@ -55,6 +55,7 @@ from segfold.probs.truth import (
     truth_masks,
 )
 from segfold.probs.views import (
+    RowsView,
     StoreView,
     check_store,
     oof_store_paths,
@@ -77,6 +78,7 @@ __all__ = [
     "PackedTruth",
     "TruthFn",
     "ProbStore",
+    "RowsView",
     "StoreView",
     "StoreWriter",
     "batch_scores",

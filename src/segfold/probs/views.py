@@ -119,6 +119,52 @@ class StoreView:
         """The stores as inputs of what a stage makes from them (`segfold.probs.provenance.input_entry`)."""
         return [input_entry(store_paths(s.folder, s.name)["json"], s.provenance) for s in self.stores]
 
+    def take(self, rows: Sequence[int] | np.ndarray, label: str | None = None) -> RowsView:
+        """A view of `rows` only (in that order), read like this one: a search on part of the OOF."""
+        return RowsView(self, rows, label)
+
+
+class RowsView:
+    """Some rows of a `StoreView`, with its interface (`image_ids`, `shape`, `read_u8`, `cls`, `tta`).
+
+    Args:
+        view: the whole view.
+        rows: rows of `view`; row `i` here is `view` row `rows[i]`.
+        label: a name for messages (default: the view's, with the row count).
+    """
+
+    def __init__(self, view: StoreView, rows: Sequence[int] | np.ndarray, label: str | None = None) -> None:
+        self.view = view
+        self.rows = np.asarray(rows, dtype=np.int64)
+        if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= len(view)):
+            raise IndexError(f"rows outside the {len(view)} rows of {view.label}")
+        self.classes = view.classes
+        self.image_ids = [view.image_ids[i] for i in self.rows]
+        self.shape = (len(self.rows), *view.shape[1:])
+        self.cls = None if view.cls is None else view.cls[self.rows]
+        self.folds = view.folds
+        self.label = label or f"{view.label}, {len(self.rows)} of its rows"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read_u8(self, rows: Sequence[int] | np.ndarray, channel: int | None = None) -> np.ndarray:
+        """uint8 probabilities of `rows` (rows of this view)."""
+        return self.view.read_u8(self.rows[np.asarray(rows, dtype=np.int64)], channel)
+
+    def row_index(self) -> dict[str, int]:
+        """ImageId -> row."""
+        return {image_id: row for row, image_id in enumerate(self.image_ids)}
+
+    @property
+    def tta(self) -> str | None:
+        """The TTA of the whole view."""
+        return self.view.tta
+
+    def input_entries(self) -> list[dict]:
+        """The whole view's stores."""
+        return self.view.input_entries()
+
 
 def tta_label(record: dict | None) -> str | None:
     """The TTA a store's record names, with its multi-scale factors when it used any ("flips+scales[0.75,1,1.25]":
