@@ -305,3 +305,54 @@ def test_cross_fold_needs_two_folds_and_a_folds_file(tmp_path):
     (tmp_path / "e" / "folds.csv").write_text("ImageId,fold\n" + "".join(f"img{i:03d},{i // 10}\n" for i in range(20)))
     with pytest.raises(DataError, match=r"at least two folds.*fold\(s\) \[0\]"):
         tune_thresholds(cfg, truth_fn=truth.__getitem__)
+
+
+def test_pick_cell_breaks_ties_towards_the_starting_threshold_then_the_smaller_area():
+    thresholds = [0.1, 0.3, 0.5, 0.7]
+    table = np.array([[0.80, 0.80], [0.80, 0.80], [0.79, 0.75], [0.60, 0.60]])
+    assert histsearch.pick_cell(table, thresholds, anchor=0.5) == (1, 0)  # 0.1 and 0.3 tie: 0.3 is nearer 0.5
+    assert histsearch.pick_cell(table, thresholds, anchor=0.5, tolerance=0.01) == (2, 0)  # 0.79 is within 0.01
+    assert histsearch.pick_cell(table, thresholds, anchor=0.0, tolerance=0.01) == (0, 0)
+    assert histsearch.pick_cell(table, thresholds, anchor=0.7, tolerance=0.5) == (3, 0)
+
+
+def test_grid_tolerance_is_in_units_of_the_overall_score(tmp_path):
+    store, truth = make_oof(tmp_path / "fold0", n=16, seed=5, with_cls=False)
+    hist = collect_histograms(StoreView([store]), truth.__getitem__)
+    start = PostprocessParams(("a", "b"), (ClassRules(threshold=0.5),) * 2)
+    thresholds, areas = [0.1, 0.3, 0.5, 0.7, 0.9], [0, 10]
+    plain = grid_search(hist, start, "dice_pairs", thresholds, areas)
+    loose = grid_search(hist, start, "dice_pairs", thresholds, areas, tolerance=0.01)
+    for c, rule in enumerate(loose.params.rules):
+        table = plain.tables[c]  # class c's mean Dice: the overall score moves by a half of it (2 classes)
+        tied = [(t, a) for i, t in enumerate(thresholds) for j, a in enumerate(areas)
+                if table[i, j] >= table.max() - 0.02 - 1e-12]
+        nearest = min(abs(t - 0.5) for t, _ in tied)
+        expected = min((a, t) for t, a in tied if abs(abs(t - 0.5) - nearest) < 1e-9)
+        assert (rule.min_area, rule.threshold) == expected
+    assert loose.score >= plain.score - 0.01 * 2 / 2 - 1e-12
+
+
+def test_tune_thresholds_keeps_the_config_rules_unless_beaten_by_more_than_the_tolerance(tmp_path):
+    _, truth = make_oof(tmp_path / "e" / "fold0", n=20, seed=11)
+
+    def tune(tolerance, trials, per_class=None):
+        cfg = validate_config({"experiment": {"name": "e", "output_root": str(tmp_path)},
+                               "data": {"classes": ["a", "b"]},
+                               "postprocess": {"threshold": 0.5, "per_class": per_class or {},
+                                               "tune": {"optuna_trials": trials, "thresholds": [0.2, 0.4, 0.6],
+                                                        "min_areas": [0, 10, 40], "tolerance": tolerance}}})
+        return tune_thresholds(cfg, truth_fn=truth.__getitem__)
+
+    best = tune(0.0, 0)["params"].rules
+    # the config: the grid's best rules, class a's threshold moved one grid step
+    nudged = 0.4 if best[0].threshold != 0.4 else 0.6
+    per_class = {"a": {"threshold": nudged, "min_area": best[0].min_area, "area_mode": "total"},
+                 "b": {"threshold": best[1].threshold, "min_area": best[1].min_area, "area_mode": "total"}}
+    found = {tolerance: tune(tolerance, 0, per_class) for tolerance in (0.0, 0.1)}
+    gain = found[0.0]["score_after"] - found[0.0]["score_before"]
+    assert 0 < gain < 0.1  # the search finds better rules, which do not win by 0.1
+    kept = found[0.1]
+    assert [(r.threshold, r.min_area) for r in kept["params"].rules] == [
+        (nudged, best[0].min_area), (best[1].threshold, best[1].min_area)]
+    assert kept["score_after"] == kept["score_before"]

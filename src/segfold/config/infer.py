@@ -111,6 +111,9 @@ class ThresholdTuneConfig(StrictModel):
     max_images: int = Field(1000, ge=1, description="Optuna scores trials on a seeded sub-sample of this many "
                                                     "OOF images (all of them when fewer)")
     chunk_images: int = Field(16, ge=1, description="images read at once from the OOF store")
+    tolerance: float = Field(0.0, ge=0.0, le=0.1, description=(
+        "rules within this score of the best count as tied: the grid then keeps the threshold nearest the "
+        "config's, Optuna's finds must win by more, and the config's rules stay unless beaten by more"))
     cross_fold: bool = Field(False, description="also tune on every fold's complement and score the rules on the "
                                                 "fold (the search's optimism; scripts/tune_thresholds.py --cross-fold)")
 

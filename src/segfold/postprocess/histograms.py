@@ -361,25 +361,43 @@ class GridResult:
     method: str
 
 
+def pick_cell(table: np.ndarray, thresholds: Sequence[float], anchor: float, tolerance: float = 0.0) -> tuple[int, int]:
+    """The cell `(threshold index, area index)` chosen from a class's grid of scores.
+
+    Every cell within `tolerance` of the best score counts as tied (exact ties always do); among them the
+    threshold nearest `anchor` (the starting rule's) wins, then the smaller area. A flat stretch of the
+    curve says nothing about where in it the test's best threshold lies, so the choice stays near the
+    prior instead of running to the end of the grid.
+    """
+    tied = np.argwhere(table >= table.max() - tolerance - 1e-12)
+    distance = np.abs(np.asarray(thresholds, dtype=np.float64)[tied[:, 0]] - anchor)
+    best = np.lexsort((tied[:, 1], np.round(distance, 9)))[0]
+    return int(tied[best, 0]), int(tied[best, 1])
+
+
 def grid_search(hist: Histograms, params: PostprocessParams, metric: str, thresholds: Sequence[float],
                 min_areas: Sequence[int], empty_score: float = 1.0, rounds: int = 3,
-                components: ComponentCache | None = None) -> GridResult:
+                components: ComponentCache | None = None, tolerance: float = 0.0) -> GridResult:
     """Best threshold and total minimum area per class over a grid, exactly, from the histograms.
 
     Under `dice_pairs` without `at_least_one` each class is tuned alone (exact joint optimum).
     Otherwise the classes are tuned coordinate-wise: one class at a time with the others held, for up
     to `rounds` passes until a pass changes nothing (a local optimum of the grid).
-    Ties go to the lower threshold, then the lower area.
+    Cells within `tolerance` (of the overall score) of a class's best count as tied; ties go to the
+    threshold nearest the starting rule's, then the lower area (`pick_cell`).
     """
     thresholds, min_areas = [float(t) for t in thresholds], [int(a) for a in min_areas]
     exact = separable(metric, params)
+    anchors = [rule.threshold for rule in params.rules]
+    # `tolerance` is in units of the overall score; a separable table holds one class's mean, C times finer
+    cell_tolerance = tolerance * len(params.rules) if exact else tolerance
     tables: list[np.ndarray] = [np.zeros((len(thresholds), len(min_areas)))] * len(params.rules)
     current = evaluate(hist, params, metric, empty_score, components)
     for _ in range(1 if exact else rounds):
         changed = False
         for c, rule in enumerate(params.rules):
             tables[c] = class_table(hist, params, c, thresholds, min_areas, metric, empty_score, components)
-            i, j = np.unravel_index(int(np.argmax(tables[c])), tables[c].shape)
+            i, j = pick_cell(tables[c], thresholds, anchors[c], cell_tolerance)
             candidate = replace(rule, threshold=thresholds[i], min_area=min_areas[j], area_mode="total")
             if candidate == rule:
                 continue
@@ -387,7 +405,7 @@ def grid_search(hist: Histograms, params: PostprocessParams, metric: str, thresh
                 params = params.with_rule(c, candidate)
                 changed = True
                 continue
-            if tables[c][i, j] > current + 1e-12:
+            if tables[c][i, j] > current + tolerance + 1e-12:
                 params, current, changed = params.with_rule(c, candidate), float(tables[c][i, j]), True
         if not changed:
             break

@@ -114,11 +114,12 @@ def _refine(hist: Histograms, params: PostprocessParams, metric: str, empty: flo
         rule, sub_score, _ = refine_class(
             sub_hist, params, c, metric, empty, tune.optuna_trials, cfg.experiment.seed + c, max_area,
             components=sub_components if tune.component_search else None)
-        if rule == params.rules[c] or sub_score <= evaluate(sub_hist, params, metric, empty, sub_components) + 1e-12:
+        sub_current = evaluate(sub_hist, params, metric, empty, sub_components)
+        if rule == params.rules[c] or sub_score <= sub_current + tune.tolerance + 1e-12:
             continue
         candidate = params.with_rule(c, rule)
         score = evaluate(hist, candidate, metric, empty, components)
-        if score > current + 1e-12:
+        if score > current + tune.tolerance + 1e-12:
             log("  optuna: %s: %s -> OOF score %.5f (was %.5f)", name, rule, score, current)
             params, current = candidate, score
             info["kept"].append(name)
@@ -228,7 +229,8 @@ def search_rules(cfg: Any, source: StoreView | RowsView, truth_fn: TruthFn, hist
     before = evaluate(hist, start, metric, empty, components)
     log("  config rules: %.5f", before)
     with timer("grid"):
-        grid = grid_search(hist, start.total_area(), metric, tune.thresholds, min_areas, empty, tune.rounds)
+        grid = grid_search(hist, start.total_area(), metric, tune.thresholds, min_areas, empty, tune.rounds,
+                           tolerance=tune.tolerance)
     log("  grid (%d thresholds x %d areas, %s): %.5f", len(tune.thresholds), len(min_areas), grid.method, grid.score)
     params, optuna_info = grid.params, None
     if tune.optuna_trials > 0:
@@ -236,8 +238,9 @@ def search_rules(cfg: Any, source: StoreView | RowsView, truth_fn: TruthFn, hist
             params, optuna_info = _refine(hist, params, metric, empty, source, truth_fn, cfg, components,
                                           max(min_areas), log)
     after = evaluate(hist, params, metric, empty, components)
-    if after < before:
-        log("  the config's rules score higher than every rule found; keeping them")
+    if after < before + tune.tolerance:
+        log("  the config's rules score within postprocess.tune.tolerance of every rule found; keeping them"
+            if tune.tolerance else "  the config's rules score higher than every rule found; keeping them")
         params, after = start, before
     return params, grid, optuna_info, before, after
 
@@ -278,11 +281,18 @@ def cross_fold_scores(cfg: Any, source: StoreView, truth_fn: TruthFn, hist: Hist
         fold_view = source.take(held)
         fold_hist = hist.subset(held)
         fold_components = ComponentCache(fold_view, truth_fn, None, start.one_class_per_pixel, fold_hist, timer)
-        scores = {name: evaluate(fold_hist, rule_set, metric, empty, fold_components)
-                  for name, rule_set in (("config", start), ("tuned_all", params), ("tuned_other_folds", rules))}
-        rows_out.append({"fold": k, "images": len(held), **scores})
+        named = (("config", start), ("tuned_all", params), ("tuned_other_folds", rules))
+        scores = {name: evaluate(fold_hist, rule_set, metric, empty, fold_components) for name, rule_set in named}
+        classes = {name: dict(zip(source.classes, class_scores(fold_hist, rule_set, empty, fold_components).tolist(),
+                                  strict=True)) for name, rule_set in named}
+        rows_out.append({"fold": k, "images": len(held), **scores, "class_dice": classes,
+                         "rules_other_folds": rules.describe().splitlines()})
         logger.info("  fold %d (%d images): config %.5f, tuned on the whole OOF %.5f, tuned on the other folds %.5f",
                     k, len(held), scores["config"], scores["tuned_all"], scores["tuned_other_folds"])
+        logger.info("    per class (config / whole OOF / other folds): %s", ", ".join(
+            f"{c} {classes['config'][c]:.3f}/{classes['tuned_all'][c]:.3f}/{classes['tuned_other_folds'][c]:.3f}"
+            for c in source.classes))
+        logger.info("    rules tuned on the other folds: %s", "; ".join(rules.describe().splitlines()))
     total = sum(r["images"] for r in rows_out)
     summary = {key: sum(r[key] * r["images"] for r in rows_out) / total
                for key in ("config", "tuned_all", "tuned_other_folds")}
