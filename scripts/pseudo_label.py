@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = make_pseudo_labels(cfg, args.output, allow_stale=args.allow_stale)
     print(f"rule: {result['rule']}")
     print(f"kept {result['kept']} of {result['test_images']} test images ({result['non_empty_masks']} non-empty "
-          f"masks) -> {result['folder']}")
+          f"masks, {result['format']} layout) -> {result['folder']}")
     return result
 
 

@@ -15,7 +15,6 @@ from torch import nn
 
 from segfold.config import ConfigError, validate_config
 from segfold.config.load import stage_configs
-from segfold.data import rle
 from segfold.data.folds import holdout_ids, load_folds, write_folds
 from segfold.data.formats import read_train
 from segfold.data.pseudo import write_pseudo
@@ -332,11 +331,11 @@ def test_runs_csv_rows_per_experiment_and_stage_and_log_lb(tmp_path, repo_root):
 
 def test_pseudo_images_join_training_batches_and_never_a_validation_batch(tiny_data, tmp_path, monkeypatch):  # noqa: F811
     pseudo_ids = ["test_0000.jpg", "test_0001.jpg"]
-    mask = np.zeros((128, 256), dtype=np.uint8)
-    mask[10:40, 20:90] = 1
+    masks = np.zeros((4, 128, 256), dtype=np.uint8)
+    masks[1, 10:40, 20:90] = 1
     folder = tmp_path / "pseudo"
-    write_pseudo(folder, validate_config({}).data, tiny_data / "test_images",
-                 [("test_0000.jpg", "2", rle.encode(mask))], pseudo_ids, {"rule": "by hand"})
+    write_pseudo(folder, validate_config({"data": {"root": str(tiny_data)}}).data,
+                 [("test_0000.jpg", masks), ("test_0001.jpg", masks * 0)], {"rule": "by hand"})
     cfg = tiny_config(tiny_data, tmp_path, data={"pseudo": {"path": str(folder), "share": 0.25}},
                       train={"epochs": 2})
 

@@ -355,8 +355,12 @@ def _read_png_labels(cfg: DataConfig) -> Annotations:
     return annotations
 
 
-def read_train(data_cfg: DataConfig) -> Annotations:
+def read_train(data_cfg: DataConfig, require_positives: bool = True) -> Annotations:
     """Read and check the training labels of a competition in any of the supported layouts.
+
+    Args:
+        data_cfg: where the labels are and how they are laid out.
+        require_positives: run `check_positives` (off for pseudo-labels, which may all be empty).
 
     Raises:
         DataError: naming the file, line, ImageId or the list of images at fault.
@@ -367,15 +371,9 @@ def read_train(data_cfg: DataConfig) -> Annotations:
     else:
         annotations = _read_png_labels(data_cfg)
         source = data_cfg.root_path / data_cfg.train_masks
-    check_positives(annotations, str(source))
+    if require_positives:
+        check_positives(annotations, str(source))
     return annotations
-
-
-def read_labels_of(data_cfg: DataConfig, image_ids: list[str]) -> Annotations:
-    """The labels of exactly `image_ids` from `data.train_csv` (a CSV format; ids without a row are empty)."""
-    if data_cfg.format not in CSV_FORMATS:
-        raise DataError(f"read_labels_of reads the CSV formats, not {data_cfg.format!r}")
-    return _read_csv_labels(data_cfg, data_cfg.root_path / data_cfg.train_csv, "train", list(image_ids))
 
 
 def read_test_labels(data_cfg: DataConfig) -> Annotations:
