@@ -111,8 +111,8 @@ class PseudoConfig(StrictModel):
 
     `scripts/pseudo_label.py` keeps a test image when at least `confident` of its pixels (over every
     class) have p < `low` or p > `high`, and writes its masks, binarised like the submission, to
-    `outputs/<exp>/pseudo/` in the competition's own layout (`format`). Training with `path` set (that folder) draws `share` of each batch from
-    them; they never enter validation, the OOF or the folds file.
+    `outputs/<exp>/pseudo/` in the competition's own layout (`format`). Training with `path` set (that
+    folder) draws `share` of each batch from them; they never enter validation, the OOF or the folds file.
     """
 
     path: str | None = None
