@@ -2,7 +2,8 @@
 
 Usage: `python scripts/package.py --config C [--folds 0,1,2] [--out dist/<exp>-kernel] [--runtime auto|torch|onnx]`.
 
-Needs trained folds and `outputs/<exp>/thresholds.json` (scripts/tune_thresholds.py). The folder is
+Needs trained folds (and the full-data fit, `train.py --fold full`, with `infer.models: full|both`) and
+`outputs/<exp>/thresholds.json` (scripts/tune_thresholds.py). The folder is
 ready to upload as a Kaggle dataset; its README says how to run it and how long it should take.
 """
 
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"note: {note}")
     print(f"runtime: {facts['runtime']}; estimate for {facts['test_images']} test images "
           f"({facts['test_images_source']}): {facts['estimate_minutes']:.1f} min on {facts['device']}")
-    print(f"package: {facts['out']} (folds {facts['folds']}; {len(facts['wheels'])} wheels: "
+    full = f" + full/{facts['full']}" if facts["full"] else ""
+    print(f"package: {facts['out']} (folds {facts['folds']}{full}; {len(facts['wheels'])} wheels: "
           f"{', '.join(facts['wheels'])})")
     return facts
 

@@ -14,6 +14,7 @@ import sysconfig
 import venv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -100,6 +101,63 @@ def test_package_installs_offline_and_reproduces_the_submission(trained, repo_ro
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"from {env_dir}" in result.stdout, "segfold came from the package's wheel, not the checkout"
     assert (tmp_path / "submission.csv").read_text() == expected
+
+
+@pytest.fixture(scope="module")
+def with_full_fit(tmp_path_factory):
+    """Fold 0 and the full-data fit (one epoch each), rules in thresholds.json; weights kept in float32."""
+    from segfold.data.demo import make_demo_data
+    from segfold.postprocess import PostprocessParams, save_thresholds
+    from segfold.train import train
+
+    root = tmp_path_factory.mktemp("package_full")
+    data = make_demo_data(root / "demo", seed=2, n_train=8, n_test=3)
+    config = {**TINY, "experiment": {**TINY["experiment"], "name": "pkgfull", "output_root": str(root / "outputs")},
+              "data": {**TINY["data"], "root": str(data)}, "train": {**TINY["train"], "full_epochs": 1},
+              "infer": {"tta": "flips", "full_weight": 0.3}, "package": {**TINY["package"], "fp16": False}}
+    path = root / "pkgfull.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cfg = load_config(path)
+    torch.set_num_threads(1)
+    train(cfg, 0)
+    train(cfg, "full")
+    save_thresholds(cfg.experiment.output_dir / "thresholds.json",
+                    PostprocessParams.from_config(cfg.postprocess, cfg.data.classes))
+    return path
+
+
+def test_packaged_kernel_predicts_what_predict_does_with_folds_full_or_both(with_full_fit, tmp_path, monkeypatch):
+    from segfold.package import build
+    from segfold.package.kernel import run_kernel
+    from segfold.predict import predict_test
+    from segfold.probs import ProbStore
+
+    # the wheels do not change a probability: skip building and downloading them here (the slow test installs them)
+    monkeypatch.setattr(build, "build_own_wheel", lambda repo, dest: None)
+    monkeypatch.setattr(build, "download_wheels", lambda *args, **kwargs: None)
+    probs = {}
+    for models in ("folds", "full", "both"):
+        cfg = load_config(with_full_fit, [f"infer.models={models}"])
+        expected = np.array(predict_test(cfg).probs)  # what scripts/predict.py writes
+        out = tmp_path / models
+        # auto would time ONNX against PyTorch for the folds alone (ONNX probabilities differ in the last bits)
+        facts = build.build_package(cfg, out=out / "package", runtime="torch" if models == "folds" else "auto")
+        assert facts["runtime"] == "torch"
+        assert (facts["folds"], facts["full"]) == {"folds": ([0], None), "full": ([], "best.pt"),
+                                                   "both": ([0], "best.pt")}[models]
+        assert (out / "package" / "models" / "full").is_dir() == (models != "folds")
+        assert yaml.safe_load((out / "package" / "models" / "config.yaml").read_text())["infer"]["models"] == models
+        run_kernel(out / "package", cfg.data.root_path, out / "submission.csv", out / "work")
+        kernel = ProbStore.open(out / "work" / "pkgfull" / "test", "test")
+        assert kernel.provenance["models"] == models
+        np.testing.assert_array_equal(np.array(kernel.probs), expected)
+        probs[models] = expected.astype(np.float64)
+    assert "onnx left out: infer.models=both uses the full-data fit" in facts["notes"][0]
+    assert "full/best.pt` (the full-data fit, weighted 0.3 against the folds' 0.7)" in (
+        tmp_path / "both" / "package" / "README.md").read_text()
+    # the models differ, and both is their 0.7 / 0.3 mean (probabilities averaged before the uint8 rounding)
+    assert np.abs(probs["folds"] - probs["full"]).max() > 5
+    assert np.abs(probs["both"] - (0.7 * probs["folds"] + 0.3 * probs["full"])).max() <= 1.0
 
 
 def test_checksums_catch_a_changed_file(tmp_path):

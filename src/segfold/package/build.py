@@ -1,8 +1,9 @@
 """Build an offline Kaggle inference package (`scripts/package.py`).
 
-The folder holds `wheels/` (segfold's own wheel and the configured dependencies), `models/` (each
-chosen fold's weights without optimizer state, the resolved config, `thresholds.json`,
-`normalisation.json`, all listed in `SHA256SUMS`), `infer.py`, `infer.ipynb` and a README with the
+The folder holds `wheels/` (segfold's own wheel and the configured dependencies), `models/` (the
+weights, without optimizer state, of each chosen fold and, with `infer.models: full|both`, of the
+full-data fit in `full/`; the resolved config, `thresholds.json`, `normalisation.json`, all listed
+in `SHA256SUMS`), `infer.py`, `infer.ipynb` and a README with the
 runtime estimate: the package's own prediction of a few test images, timed here for each candidate
 runtime (PyTorch eager and, where the export works, onnxruntime), the faster one kept.
 """
@@ -28,7 +29,7 @@ from torch import nn
 from segfold.config.load import config_to_dict, repo_root
 from segfold.data.formats import image_path, read_test_ids
 from segfold.encoders import resolve_encoder_name
-from segfold.errors import ConfigError, ExportError
+from segfold.errors import ConfigError, ExportError, TrainingError
 from segfold.export import export_model, export_size, exported_path, fold_checkpoint_paths
 from segfold.io import atomic_path, sha256_file, write_json_atomic
 from segfold.package.kernel import (
@@ -44,7 +45,14 @@ from segfold.package.kernel import (
 from segfold.package.templates import infer_ipynb, infer_py, readme
 from segfold.package.wheels import build_own_wheel, download_wheels
 from segfold.predict import predict_test
-from segfold.probs import fold_checkpoints, load_checkpoint, load_checkpoint_model, resolve_device
+from segfold.probs import (
+    FULL_DIR,
+    fold_checkpoints,
+    full_checkpoint,
+    load_checkpoint,
+    load_checkpoint_model,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     from segfold.config import Config
@@ -71,32 +79,47 @@ def _weights_only(state: dict[str, Any], model: nn.Module, fp16: bool) -> dict[s
             "preprocessing": model.pretrained_cfg}
 
 
-def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path) -> tuple[list[int], dict[str, Any]]:
-    """Weights-only checkpoints of the folds, thresholds and normalisation; returns the folds and the normalisation."""
+def _ship(path: Path, folder: Path, fp16: bool, what: str) -> str:
+    """Write `path` weights-only into `folder` (with the `result.json` that 'auto' reads); its normalisation as JSON."""
+    target = folder / path.name  # NOTE infer.checkpoint may be 'auto': the file chosen
+    original = load_checkpoint_model(path)[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        torch.save(_weights_only(load_checkpoint(path), original, fp16), tmp)
+    write_json_atomic(folder / "result.json", {"checkpoint": path.name})
+    model = load_checkpoint_model(target)[0]
+    if model.pretrained_cfg != original.pretrained_cfg:
+        raise ConfigError(f"{what}: the packaged model normalises its input differently from {path}")
+    return json.dumps({**model.pretrained_cfg, "in_channels": int(model.config.get("in_channels", 3))}, sort_keys=True)
+
+
+def _write_models(cfg: Config, folds: Sequence[int] | None, models_dir: Path
+                  ) -> tuple[list[int], str | None, dict[str, Any]]:
+    """Weights-only checkpoints of the models `infer.models` names (the folds', the full-data fit's in `full/`),
+    thresholds and normalisation; returns the folds, the full fit's checkpoint name (None) and the normalisation."""
     thresholds = cfg.experiment.output_dir / THRESHOLDS_FILE
     if not thresholds.is_file():
         raise ConfigError(f"{thresholds}: missing; tune the post-processing first (python scripts/tune_thresholds.py "
                           "--config ...), the package applies the tuned rules")
-    paths = fold_checkpoint_paths(cfg, folds if folds is not None else cfg.infer.folds)
-    norms = set()
-    for fold, path in paths.items():
-        target = models_dir / f"fold{fold}" / path.name  # NOTE infer.checkpoint may be 'auto': the file chosen
-        original = load_checkpoint_model(path)[0]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            torch.save(_weights_only(load_checkpoint(path), original, cfg.package.fp16), tmp)
-        write_json_atomic(target.parent / "result.json", {"checkpoint": path.name})  # what 'auto' reads
-        model = load_checkpoint_model(target)[0]
-        if model.pretrained_cfg != original.pretrained_cfg:
-            raise ConfigError(f"fold {fold}: the packaged model normalises its input differently from {path}")
-        norm = model.pretrained_cfg
-        norms.add(json.dumps({**norm, "in_channels": int(model.config.get("in_channels", 3))}, sort_keys=True))
-    if len(norms) != 1:
+    models = cfg.infer.models
+    paths = fold_checkpoint_paths(cfg, folds if folds is not None else cfg.infer.folds) if models != "full" else {}
+    norms = {_ship(path, models_dir / f"fold{fold}", cfg.package.fp16, f"fold {fold}") for fold, path in paths.items()}
+    if len(norms) > 1:
         raise ConfigError(f"folds {sorted(paths)} normalise their input differently; package each group with --folds")
+    full = None
+    if models != "folds":
+        full = full_checkpoint(cfg.experiment.output_dir, cfg.infer.checkpoint)
+        if not full.is_file():
+            raise TrainingError(f"infer.models={models} needs the full-data fit's {full}: run scripts/train.py "
+                                "--config ... --fold full first (or package with --set infer.models=folds)")
+        norms.add(_ship(full, models_dir / FULL_DIR, cfg.package.fp16, "the full-data fit"))
+        if len(norms) > 1:
+            raise ConfigError(f"the full-data fit {full} normalises its input differently from folds {sorted(paths)}; "
+                              "package them apart (--set infer.models=folds, or full)")
     shutil.copyfile(thresholds, models_dir / THRESHOLDS_FILE)
     normalisation = json.loads(norms.pop())
     (models_dir / NORMALISATION_FILE).write_text(json.dumps(normalisation, indent=1) + "\n")
-    return sorted(paths), normalisation
+    return sorted(paths), None if full is None else full.name, normalisation
 
 
 def _packaged_checkpoint(cfg: Config, package: Path, fold: int) -> Path:
@@ -162,25 +185,31 @@ def build_package(cfg: Config, folds: Sequence[int] | None = None, out: str | os
 
     Args:
         cfg: the experiment config (its `package` section says which wheels, fp16, runtime, sizes).
-        folds: the folds to ship (default `infer.folds`, else every trained fold).
+        folds: the folds to ship (default `infer.folds`, else every trained fold; none with
+            `infer.models: full`). `infer.models: full|both` ships the full-data fit too, weighted in
+            the kernel as `scripts/predict.py` weights it (`infer.full_weight`).
         out: the folder (default `dist/<experiment>-kernel`); replaced when it exists.
         runtime: override `package.runtime` ("auto", "torch" or "onnx").
         config_path: the config file's name, for the README.
     """
-    if cfg.infer.models != "folds":
-        raise ConfigError(f"infer.models = {cfg.infer.models}: the package ships the fold checkpoints only, not the "
-                          "full-data fit; package with --set infer.models=folds")
     runtime = runtime or cfg.package.runtime
+    if cfg.infer.models != "folds" and runtime == "onnx":
+        raise ConfigError(f"infer.models={cfg.infer.models} uses the full-data fit, which runs in PyTorch only; "
+                          "package with --runtime torch (or auto)")
     out = Path(out) if out is not None else repo_root() / "dist" / f"{cfg.experiment.name}-kernel"
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / MODELS).mkdir(parents=True)
-    used, normalisation = _write_models(cfg, folds, partial / MODELS)
+    used, full, normalisation = _write_models(cfg, folds, partial / MODELS)
     resolved = config_to_dict(cfg)
     resolved["infer"]["folds"] = used
     resolved["model"]["encoder_weights"] = None  # the weights are in models/; nothing is fetched
     notes = []
     candidates = ["torch"] if runtime == "torch" else ["torch", "onnx"] if runtime == "auto" else ["onnx"]
+    if cfg.infer.models != "folds" and "onnx" in candidates:
+        notes.append(f"onnx left out: infer.models={cfg.infer.models} uses the full-data fit, which runs in PyTorch "
+                     "only")
+        candidates = ["torch"]
     if "onnx" in candidates:
         reason = _export_onnx(cfg, partial, used)
         if reason is not None:
@@ -211,7 +240,8 @@ def build_package(cfg: Config, folds: Sequence[int] | None = None, out: str | os
     per_image = timings[chosen]["per_image"]
     facts = {
         "name": name, "config": config_path or "the experiment config", "default_input": default_input(cfg),
-        "folds": used, "arch": cfg.model.arch, "encoder": cfg.model.encoder_name, "fp16": cfg.package.fp16,
+        "folds": used, "full": full, "full_weight": cfg.infer.full_weight if cfg.infer.models == "both" else None,
+        "arch": cfg.model.arch, "encoder": cfg.model.encoder_name, "fp16": cfg.package.fp16,
         "runtime": chosen, "tta": cfg.infer.tta, "timings": timings, "estimate_images": timings[chosen]["images"],
         "device": _device_name(cfg), "threads": torch.get_num_threads(), "test_images": test_images,
         "test_images_source": "package.test_images" if cfg.package.test_images else "the local test folder",

@@ -2,8 +2,9 @@
 
 `run_kernel(package, input_dir, out)` checks the package's files against their checksums, reads the
 packaged config with the data root moved to `input_dir`, lays out a working experiment folder (the
-fold folders of `models/` linked in, `thresholds.json` copied), then runs the same code as
-`scripts/predict.py` and `scripts/make_submission.py` and copies `submission.csv` to `out`.
+fold folders of `models/` and the full-data fit's `full/` linked in, `thresholds.json` copied), then
+runs the same code as `scripts/predict.py` (the models `infer.models` names, the full fit weighted
+`infer.full_weight`) and `scripts/make_submission.py` and copies `submission.csv` to `out`.
 Nothing here reaches the network: models are built without pretrained weights and the normalisation
 is checked against the packaged `normalisation.json`.
 """
@@ -21,10 +22,9 @@ import yaml
 
 from segfold.config.load import validate_config
 from segfold.errors import DataError, WeightsError
-from segfold.export import load_exported_folds
 from segfold.io import atomic_path, sha256_file
-from segfold.predict import predict_test
-from segfold.probs import load_fold_models, resolve_device
+from segfold.predict import load_models, predict_test
+from segfold.probs import FULL_DIR, resolve_device
 from segfold.submit import make_submission
 
 if TYPE_CHECKING:
@@ -93,16 +93,19 @@ def kernel_config(package: Path, input_dir: str | os.PathLike, work_dir: str | o
 
 
 def prepare_work_dir(package: Path, cfg: Config) -> Path:
-    """``<work>/<experiment>/``: each packaged fold folder linked in, ``thresholds.json`` copied."""
+    """``<work>/<experiment>/``: each packaged fold folder (and ``full/``) linked in, ``thresholds.json`` copied."""
     out = cfg.experiment.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    for fold in package_folds(package):
-        link = out / f"fold{fold}"
+    names = [f"fold{fold}" for fold in package_folds(package)]
+    if (package / MODELS / FULL_DIR).is_dir():
+        names.append(FULL_DIR)
+    for name in names:
+        link = out / name
         if link.is_symlink() or link.is_file():
             link.unlink()
         elif link.is_dir():
             shutil.rmtree(link)
-        link.symlink_to((package / MODELS / f"fold{fold}").resolve(), target_is_directory=True)
+        link.symlink_to((package / MODELS / name).resolve(), target_is_directory=True)
     thresholds = package / MODELS / THRESHOLDS_FILE
     if thresholds.is_file():
         shutil.copyfile(thresholds, out / THRESHOLDS_FILE)
@@ -139,13 +142,11 @@ def run_kernel(package: str | os.PathLike, input_dir: str | os.PathLike, out: st
                         "test images and sample_submission.csv)")
     checked = verify_checksums(package / MODELS)
     cfg = kernel_config(package, input_dir, work_dir)
-    logger.info("package %s: %d files checked; folds %s; runtime %s", package, checked, cfg.infer.folds,
-                cfg.infer.runtime)
+    logger.info("package %s: %d files checked; models %s (folds %s); runtime %s", package, checked, cfg.infer.models,
+                cfg.infer.folds, cfg.infer.runtime)
     prepare_work_dir(package, cfg)
     device = resolve_device(cfg.infer.device, key="infer.device")
-    models = (load_fold_models(cfg.experiment.output_dir, cfg.infer.checkpoint, cfg.infer.folds, device)[0]
-              if cfg.infer.runtime == "torch" else
-              load_exported_folds(cfg, cfg.infer.runtime, cfg.infer.folds, device)[0])
+    models = load_models(cfg, cfg.infer.folds, device, cfg.infer.runtime)[0]
     check_normalisation(package, models)
     del models
     predict_test(cfg)

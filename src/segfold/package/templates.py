@@ -100,13 +100,18 @@ def readme(facts: dict) -> str:
                        for name, t in facts["timings"].items())
     wheels = "\n".join(f"  - `{name}`" for name in facts["wheels"])
     weights = "weights only, float16" if facts["fp16"] else "weights only"
+    full = ""
+    if facts.get("full"):
+        share = f", weighted {facts['full_weight']} against the folds' {1 - facts['full_weight']:g}" \
+            if facts.get("full_weight") is not None else ""
+        full = f" and `full/{facts['full']}` (the full-data fit{share})"
     return f"""# {facts['name']}: segfold offline inference package
 
 Built by `scripts/package.py` from `{facts['config']}`. Upload this folder as a Kaggle dataset, attach it
 and the competition to a notebook with the internet off, and run `infer.ipynb` (or
 `python infer.py [INPUT]`, INPUT defaulting to `{facts['default_input']}`).
 
-- `models/`: folds {facts['folds']} ({facts['arch']} / {facts['encoder']}; {weights}),
+- `models/`: folds {facts['folds']}{full} ({facts['arch']} / {facts['encoder']}; {weights}),
   `config.yaml` (resolved; runtime `{facts['runtime']}`), `thresholds.json`, `normalisation.json`;
   every file listed with its SHA-256 in `models/SHA256SUMS` (checked before use).
 - `wheels/` (checked against `wheels/SHA256SUMS`, installed with `pip install --no-index --no-deps`):

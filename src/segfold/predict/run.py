@@ -39,12 +39,12 @@ from segfold.probs import (
     checkpoint_entry,
     checkpoint_name,
     expected_folds,
+    full_checkpoint,
     load_checkpoint_model,
     load_fold_models,
     missing_folds_note,
     new_record,
     resolve_device,
-    selected_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,8 +99,7 @@ def load_models(cfg: Any, folds: Sequence[int] | None, device: torch.device, run
         else:  # NOTE exported models are not checked against the checkpoints (no record of their files yet)
             models, used = load_exported_folds(cfg, runtime, folds, device)
     if infer.models in ("full", "both"):
-        full = out / FULL_DIR
-        path = selected_checkpoint(full) if infer.checkpoint == AUTO_CHECKPOINT else full / infer.checkpoint
+        path = full_checkpoint(out, infer.checkpoint)
         if not path.is_file():
             raise TrainingError(f"infer.models={infer.models} needs the full-data fit's {path}: run "
                                 "scripts/train.py --config ... --fold full first")

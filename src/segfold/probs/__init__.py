@@ -26,6 +26,7 @@ from segfold.probs.outputs import (
     fold_checkpoints,
     fold_dirs,
     fold_number,
+    full_checkpoint,
     selected_checkpoint,
 )
 from segfold.probs.provenance import (
@@ -107,6 +108,7 @@ __all__ = [
     "fold_dirs",
     "fold_number",
     "checkpoint_model",
+    "full_checkpoint",
     "load_checkpoint",
     "load_checkpoint_model",
     "load_fold_models",

@@ -43,6 +43,12 @@ def selected_checkpoint(fold_dir: str | os.PathLike) -> Path:
     return fold_dir / "best.pt"
 
 
+def full_checkpoint(output_dir: str | os.PathLike, checkpoint: str = "best.pt") -> Path:
+    """The full-data fit's checkpoint in `output_dir/full/`: `infer.checkpoint`, or the one it chose for 'auto'."""
+    full = Path(output_dir) / FULL_DIR
+    return selected_checkpoint(full) if checkpoint == AUTO_CHECKPOINT else full / checkpoint
+
+
 def expected_folds(cfg) -> tuple[list[int], list[str] | None]:
     """The fold numbers of the experiment and the training image order (None when there is no folds file)."""
     if not folds_path(cfg).is_file():  # NOTE never make new folds here: they must be the ones trained on
