@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from segfold.config import ConfigError, validate_config
-from segfold.config.load import stage_configs
+from segfold.config.load import config_to_dict, stage_configs
 from segfold.data.folds import holdout_ids, load_folds, write_folds
 from segfold.data.formats import read_train
 from segfold.data.pseudo import write_pseudo
@@ -290,9 +291,22 @@ def test_full_fit_trains_every_image_for_the_median_best_epoch(tiny_data, tmp_pa
     info = json.loads((full / "run_info.json").read_text())
     assert (info["train_images"], info["valid_images"]) == (18, 0)  # 24 images less the 6 of the holdout
 
+    settings = config_to_dict(cfg)
+    settings["experiment"] = {"seed": cfg.experiment.seed}  # what a fold's row hashes
+    with open(tmp_path / "runs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["experiment"], row["stage"], row["config_hash"]) == ("tiny", "full", settings_hash(settings))
+    assert (row["epochs"], row["epochs_from"]) == ("2", "median best epoch of folds [0, 1, 2] ([1, 3, 2])")
+    assert row["cv_mean"] == row["cv_std"] == "" and not [key for key in row if key.startswith("fold")]
+
     configured = tiny_config(tiny_data, tmp_path, data={"folds": {"n_folds": 3, "holdout": 0.25}},
                              train={"full_epochs": 1})
     assert train(configured, "full", overwrite=True)["epochs_run"] == 1
+    row = next(r for r in read_runs(tmp_path) if r["stage"] == "full")
+    assert (row["epochs"], row["epochs_from"], row["cv_mean"]) == ("1", "train.full_epochs", "")
+    assert row["config_hash"] != settings_hash(settings)  # train.full_epochs is a setting too
 
 
 # ---------------------------------------------------------------------------------------- runs.csv

@@ -5,6 +5,10 @@ Columns: `experiment`, `stage` (`final` for the last or only stage, `stage<s>` f
 `cv_std`, `oof_before` / `oof_after` (the OOF score at the default threshold and after
 tune_thresholds), `holdout` (the tuned rules on the holdout images), `test_score` (when the test
 labels are known), `public_lb` (typed in by hand: `scripts/log_lb.py EXP SCORE`) and `updated`.
+A full-data fit (`train.py --fold full`) has its own row, stage `full` (`full_stage<s>` for the
+earlier stages of a staged run), with the `config_hash` of the folds' settings, `epochs` (the
+epochs it trained) and `epochs_from` (`train.full_epochs`, or the folds whose median best epoch
+it took); it has no validation, so its CV cells stay empty.
 Each writer updates its own cells of one row; the file is locked while it is rewritten (several
 processes, e.g. Optuna workers, may finish at once) and replaced atomically.
 """
@@ -28,6 +32,7 @@ from segfold.io import atomic_path
 
 RUNS_FILE = "runs.csv"
 FINAL_STAGE = "final"
+FULL_STAGE = "full"
 FIXED_COLUMNS = ("experiment", "stage", "config_hash")
 RESULT_COLUMNS = ("cv_mean", "cv_std", "oof_before", "oof_after", "holdout", "test_score", "public_lb", "updated")
 
@@ -50,6 +55,11 @@ def settings_hash(config_dict: dict[str, Any]) -> str:
 def stage_name(number: int, count: int) -> str:
     """`final` for the last (or only) stage, else `stage<number>`."""
     return FINAL_STAGE if number == count else f"stage{number}"
+
+
+def full_stage_name(number: int, count: int) -> str:
+    """The stage cell of a full-data fit: `full` for its last (or only) stage, else `full_stage<number>`."""
+    return FULL_STAGE if number == count else f"{FULL_STAGE}_stage{number}"
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ from segfold.probs import (
     probabilities,
     resize_probs,
 )
-from segfold.runs import record_run, settings_hash, stage_name
+from segfold.runs import full_stage_name, record_run, settings_hash, stage_name
 from segfold.train import average as avg
 from segfold.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from segfold.train.checks import check_training_config
@@ -129,8 +129,10 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
         except ConfigError as exc:
             raise ConfigError(f"stages[{index}] (merged into the config): {exc}" if len(configs) > 1 else str(exc)
                               ) from None
+    settings = configs  # the stages as configured: a full fit's row in runs.csv shares the folds' config hash
+    epoch_sources: list[str] = []
     if fold == FULL:
-        configs = full_fit_configs(configs)
+        configs, epoch_sources = full_fit_configs(configs)
     fold_dir = Path(cfg.experiment.output_dir) / (FULL if fold == FULL else f"fold{fold}")
     # a staged run's earlier stages (fold<k>/stage<s>/) count as a run too
     check_fold_dir(fold_dir, fold, resume, overwrite, inner=[f"stage{n}" for n in range(1, len(configs))])
@@ -155,7 +157,12 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
         results.append(result)
         init, offset = folder / result["checkpoint"], offset + stage_cfg.train.epochs
         if info.is_main and fold != FULL:
-            _record_fold(stage_cfg, fold, stage_name(number, len(configs)), result["best_score"])
+            record_run(cfg.experiment.output_root, cfg.experiment.name, stage_name(number, len(configs)),
+                       config_hash=_settings_hash(settings[number - 1]), **{f"fold{fold}": result["best_score"]})
+        elif info.is_main:  # no validation, so no score: the CV cells of the row stay empty
+            record_run(cfg.experiment.output_root, cfg.experiment.name, full_stage_name(number, len(configs)),
+                       config_hash=_settings_hash(settings[number - 1]), epochs=result["epochs_run"],
+                       epochs_from=epoch_sources[number - 1])
     final = results[-1]
     if len(results) > 1:
         final["stages"] = [{key: r[key] for key in ("best_score", "best_epoch", "best_weights", "epochs_run",
@@ -165,12 +172,11 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
     return final
 
 
-def _record_fold(cfg: Any, fold: int, stage: str, score: float | None) -> None:
-    """The fold's best score in `outputs/runs.csv` (row: experiment, stage), with the settings' hash."""
+def _settings_hash(cfg: Any) -> str:
+    """The `config_hash` cell of `outputs/runs.csv`: the resolved settings without the experiment's name."""
     settings = config_to_dict(cfg)
     settings["experiment"] = {"seed": cfg.experiment.seed}  # the same settings under another name: same hash
-    record_run(cfg.experiment.output_root, cfg.experiment.name, stage, config_hash=settings_hash(settings),
-               **{f"fold{fold}": score})
+    return settings_hash(settings)
 
 
 def train_folds(cfg: Any, folds: Sequence[int], resume: bool = False, overwrite: bool = False) -> list[dict[str, Any]]:
