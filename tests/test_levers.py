@@ -144,6 +144,19 @@ def test_top_k_average_that_loses_leaves_best_pt(tiny_data, tmp_path, monkeypatc
     assert result["best_score"] == pytest.approx(rows["score"].max(), abs=1e-6)
 
 
+def test_average_kept_always_is_used_even_when_it_loses(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    _force_average_score(monkeypatch, -1.0, epochs=3)
+    cfg = tiny_config(tiny_data, tmp_path, train={"epochs": 3, "write_oof": False,
+                                                  "average": {"method": "swa", "epochs": 2, "keep": "always"}})
+    result = train(cfg, 0)
+    fold_dir = tmp_path / "tiny" / "fold0"
+    summary = json.loads((fold_dir / "average.json").read_text())
+    assert summary["won"] is False and summary["used"] is True and summary["epochs"] == [2, 3]
+    assert result["checkpoint"] == "averaged.pt" and (fold_dir / "averaged.pt").is_file()
+    assert selected_checkpoint(fold_dir) == fold_dir / "averaged.pt"
+    assert result["best_score"] == -1.0 and result["best_weights"] == "averaged"  # the score of the file used
+
+
 # ---------------------------------------------------------------------------------- falling share
 
 

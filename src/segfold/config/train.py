@@ -112,13 +112,16 @@ class AverageConfig(StrictModel):
 
     The average's BatchNorm statistics are recomputed on `bn_batches` training batches (null: one
     epoch's worth), then it is validated like an epoch and kept as `averaged.pt` when it beats the
-    best epoch; the OOF and test prediction then use it.
+    best epoch (`keep: always`: in any case); the OOF and test prediction then use it.
     """
 
     method: Literal["swa", "top_k"]
     epochs: int | None = Field(None, ge=2)
     k: int | None = Field(None, ge=2)
     bn_batches: int | None = Field(None, ge=1)
+    keep: Literal["if_better", "always"] = Field(
+        "if_better", description="if_better: averaged.pt only when it beats the best epoch; always: it is kept and "
+                                 "used whatever its validation score (the SWA recipe)")
 
     @model_validator(mode="after")
     def _check(self) -> AverageConfig:

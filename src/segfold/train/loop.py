@@ -310,7 +310,7 @@ class FoldRun:
             if records is not None:
                 records.close()
         average = self._average(epoch) if cfg.train.average is not None else None
-        checkpoint = avg.AVERAGED_FILE if average is not None and average["won"] else "best.pt"
+        checkpoint = avg.AVERAGED_FILE if average is not None and average["used"] else "best.pt"
         oof = None
         if info.is_main and cfg.train.write_oof:
             oof = str(self._write_oof(checkpoint))
@@ -330,7 +330,7 @@ class FoldRun:
             "average": average,
             "oof": oof,
         }
-        if average is not None and average["won"]:
+        if average is not None and average["used"]:
             result.update(best_score=average["score"], best_weights="averaged", best_value=average["value"])
         if info.is_main:
             write_json_atomic(self.fold_dir / "result.json", result)
@@ -534,7 +534,8 @@ class FoldRun:
 
         Runs on every rank (validation is sharded); rank 0 recomputes the BatchNorm statistics on its
         training batches and the others receive its weights. Returns None when fewer than two
-        checkpoints exist, else `{method, epochs, score, value, won, bn_batches}` (also `average.json`).
+        checkpoints exist, else `{method, epochs, score, value, won, used, bn_batches}` (also `average.json`);
+        `used`: it won, or `train.average.keep` is `always` (a full fit: most folds used theirs).
         """
         cfg, info, average = self.cfg, self.info, self.cfg.train.average
         barrier(info)
@@ -559,11 +560,13 @@ class FoldRun:
         metrics = self._evaluate(self.model, epoch)
         value = metrics["score" if self.maximize else "valid_loss"]
         won = self._folds_chose_average() if self.full else self.tracker.better(value, self.tracker.best_value)
+        used = won or average.keep == "always"
         summary = {"method": average.method, "epochs": avg.epochs_of(names), "score": metrics["score"],
                    "valid_loss": metrics["valid_loss"], "value": value, "monitor": cfg.train.monitor, "won": won,
-                   "best_epoch_value": self.tracker.best_value, "bn_batches": bn_batches}
+                   "used": used, "keep": average.keep, "best_epoch_value": self.tracker.best_value,
+                   "bn_batches": bn_batches}
         if info.is_main:
-            if won:
+            if used:
                 self._save_weights(self.fold_dir / avg.AVERAGED_FILE, epoch, "averaged", (value, metrics["score"]))
             write_json_atomic(self.fold_dir / "average.json", summary)
             done = (f"{average.method} average of epochs {summary['epochs']} (BatchNorm recomputed on {bn_batches} "
@@ -573,7 +576,8 @@ class FoldRun:
                 logger.info("%s: %s; %s is used, as most folds chose", self.label, done, chosen)
             else:
                 verdict = f"beats the best epoch {self.tracker.best_epoch}: {avg.AVERAGED_FILE} is used" if won else (
-                    f"does not beat epoch {self.tracker.best_epoch}: best.pt is used")
+                    f"does not beat epoch {self.tracker.best_epoch}: "
+                    + (f"{avg.AVERAGED_FILE} is used (train.average.keep: always)" if used else "best.pt is used"))
                 logger.info("%s: %s: %s %.4f vs %.4f; %s", self.label, done, cfg.train.monitor, value,
                             self.tracker.best_value, verdict)
         barrier(info)
