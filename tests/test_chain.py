@@ -42,7 +42,7 @@ def tiny_experiment(tmp_path_factory):
 
 def run_script(name, *args, cwd=None):
     result = subprocess.run([sys.executable, f"scripts/{name}.py", *args], capture_output=True, text=True,
-                            timeout=600, cwd=cwd)
+                            timeout=1800, cwd=cwd)  # a hang guard: the chain takes minutes on a loaded machine
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
