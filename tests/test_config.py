@@ -62,7 +62,7 @@ def test_yaml_is_never_executed(tmp_path):
 def test_every_config_in_configs_loads(repo_root):
     from segfold.search.hparams import check_space
 
-    paths = sorted((repo_root / "configs").glob("*.yaml"))
+    paths = sorted((repo_root / "configs").rglob("*.yaml"))
     assert len(paths) >= 5
     for path in paths:
         cfg = load_config(path)
