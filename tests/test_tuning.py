@@ -330,7 +330,8 @@ def test_grid_tolerance_is_in_units_of_the_overall_score(tmp_path):
         nearest = min(abs(t - 0.5) for t, _ in tied)
         expected = min((a, t) for t, a in tied if abs(abs(t - 0.5) - nearest) < 1e-9)
         assert (rule.min_area, rule.threshold) == expected
-    assert loose.score >= plain.score - 0.01 * 2 / 2 - 1e-12
+    # each class may give up 0.01 of the overall score (0.02 of its own mean): at most 2 x 0.01 in all
+    assert loose.score >= plain.score - 0.01 * 2 - 1e-12
 
 
 def test_tune_thresholds_keeps_the_config_rules_unless_beaten_by_more_than_the_tolerance(tmp_path):

@@ -285,14 +285,15 @@ def cross_fold_scores(cfg: Any, source: StoreView, truth_fn: TruthFn, hist: Hist
         scores = {name: evaluate(fold_hist, rule_set, metric, empty, fold_components) for name, rule_set in named}
         classes = {name: dict(zip(source.classes, class_scores(fold_hist, rule_set, empty, fold_components).tolist(),
                                   strict=True)) for name, rule_set in named}
+        described = rules.describe().splitlines()
         rows_out.append({"fold": k, "images": len(held), **scores, "class_dice": classes,
-                         "rules_other_folds": rules.describe().splitlines()})
+                         "rules_other_folds": described})
         logger.info("  fold %d (%d images): config %.5f, tuned on the whole OOF %.5f, tuned on the other folds %.5f",
                     k, len(held), scores["config"], scores["tuned_all"], scores["tuned_other_folds"])
         logger.info("    per class (config / whole OOF / other folds): %s", ", ".join(
             f"{c} {classes['config'][c]:.3f}/{classes['tuned_all'][c]:.3f}/{classes['tuned_other_folds'][c]:.3f}"
             for c in source.classes))
-        logger.info("    rules tuned on the other folds: %s", "; ".join(rules.describe().splitlines()))
+        logger.info("    rules tuned on the other folds: %s", "; ".join(described))
     total = sum(r["images"] for r in rows_out)
     summary = {key: sum(r[key] * r["images"] for r in rows_out) / total
                for key in ("config", "tuned_all", "tuned_other_folds")}

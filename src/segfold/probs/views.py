@@ -152,10 +152,6 @@ class RowsView:
         """uint8 probabilities of `rows` (rows of this view)."""
         return self.view.read_u8(self.rows[np.asarray(rows, dtype=np.int64)], channel)
 
-    def row_index(self) -> dict[str, int]:
-        """ImageId -> row."""
-        return {image_id: row for row, image_id in enumerate(self.image_ids)}
-
     @property
     def tta(self) -> str | None:
         """The TTA of the whole view."""
