@@ -78,8 +78,9 @@ class SchedulerConfig(StrictModel):
       `warmup_lr_ratio * lr`, down to `min_lr_ratio * lr` (timm schedulers).
     - `onecycle`: per step, rising for `onecycle_pct_start` of the run (torch OneCycleLR; it has its
       own warm-up, so `warmup_epochs` must be 0).
-    - `plateau`: per epoch, multiplies the lr by `plateau_factor` after `plateau_patience` epochs
-      without improvement of `train.monitor` (torch ReduceLROnPlateau).
+    - `plateau`: after each validation, multiplies the lr by `plateau_factor` after `plateau_patience`
+      validations without improvement of `train.monitor` (torch ReduceLROnPlateau); with
+      `train.valid_every: N` it is stepped every N-th epoch only, so its patience counts validations too.
     - `constant`: the optimizer's lr throughout (after the optional warm-up).
     """
 
@@ -160,7 +161,13 @@ The positive-share sampler is set in the data section (`data.sampler.positive_sh
     ema_decay: float = Field(0.998, gt=0, lt=1)
     ema_warmup: bool = True
     monitor: Literal["score", "valid_loss"] = "score"
-    patience: int | None = Field(None, ge=1)
+    valid_every: int = Field(
+        1, ge=1, description="validate every N-th epoch and always the last; the epochs between leave NaN "
+                             "valid_loss/score in metrics.csv and do not touch best.pt, the top-k files, "
+                             "patience or a plateau schedule (a full-data fit ignores it)")
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many validations in a row without improvement of train.monitor "
+                                "(validations, not epochs, when train.valid_every > 1)")
     min_delta: float = Field(0.0, ge=0)
     save_top_k: int = Field(1, ge=1)
     sync_batchnorm: bool = False
@@ -183,6 +190,19 @@ The positive-share sampler is set in the data section (`data.sampler.positive_sh
         if self.average is not None and self.average.count > self.epochs:
             raise ValueError(f"train.average averages {self.average.count} checkpoints but train.epochs = "
                              f"{self.epochs}; lower the count or train longer")
+        if self.average is not None and self.average.method == "top_k" and self.average.count > self.validations:
+            raise ValueError(f"train.average averages the {self.average.count} best validated checkpoints but "
+                             f"train.epochs = {self.epochs} with train.valid_every = {self.valid_every} validates "
+                             f"{self.validations} epoch(s); lower k or valid_every")
         if self.compile and self.deterministic:
             raise ValueError("train.compile=true and train.deterministic=true cannot be combined; turn one off")
         return self
+
+    def validates(self, epoch: int) -> bool:
+        """Whether the 1-based `epoch` ends with a validation: every `valid_every`-th and the last."""
+        return epoch % self.valid_every == 0 or epoch == self.epochs
+
+    @property
+    def validations(self) -> int:
+        """How many epochs a run that is not stopped early validates."""
+        return sum(self.validates(epoch) for epoch in range(1, self.epochs + 1))

@@ -1,9 +1,10 @@
 """The training loop of one fold (`train`) and of several in a row (`train_folds`).
 
-Per epoch: train (tqdm bar with loss, lr, images/s), validate the model and its EMA on the fold's
-held-out images with the competition score, keep `best.pt` / `last.pt` (and top-k), log one line and
-one `metrics.csv` row, call `epoch_callback`, stop early when the monitored value stalls. After the
-last epoch the best weights write the fold's out-of-fold probabilities (`oof.*`).
+Per epoch: train (tqdm bar with loss, lr, images/s), keep `last.pt`, log one line and one `metrics.csv`
+row. Every `train.valid_every`-th epoch and the last also validate the model and its EMA on the fold's
+held-out images with the competition score, keep `best.pt` (and top-k), step a plateau schedule, call
+`epoch_callback` and stop early when the monitored value stalls. After the last epoch the best weights
+write the fold's out-of-fold probabilities (`oof.*`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ from segfold.train.tracking import BestTracker, remove_files
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
 logger = logging.getLogger(__name__)  # lines of ranks other than 0 are dropped by segfold.logs
+
+NOT_VALIDATED = {"valid_loss": math.nan, "score": math.nan}  # the results of an epoch without validation
 
 
 def seed_everything(seed: int) -> None:
@@ -303,7 +306,7 @@ class FoldRun:
                     self._save_last(epoch, finished, metrics)
                     records.log_epoch(metrics)
                     logger.info(self._summary_line(metrics))
-                    if epoch_callback is not None:
+                    if epoch_callback is not None and cfg.train.validates(epoch):
                         epoch_callback(epoch, metrics)
                 barrier(info)
         finally:
@@ -349,24 +352,13 @@ class FoldRun:
             stats = self.trainer.train_epoch(data.train_loader, epoch, data.num_batches, bar,
                                              records.log_step if records is not None else None)
         lr = current_lr(self.trainer.optimizer)
-        results = {"model": self._evaluate(self.model, epoch)}
+        validated = cfg.train.validates(epoch)
+        results = {"model": self._evaluate(self.model, epoch) if validated else NOT_VALIDATED}
         if self.ema is not None:
-            results["ema"] = self._evaluate(self.ema.module, epoch)
-        key = "score" if self.maximize else "valid_loss"
-        self.trainer.schedule.step_epoch(epoch, results["model"][key])
-        candidates = {name: (r[key], r["score"]) for name, r in results.items()}
-        if self.full:  # no validation: the latest weights (the EMA when there is one) are the result
-            weights = "ema" if self.ema is not None else "model"
-            self.tracker.best_epoch, self.tracker.best_weights = epoch, weights
-            if info.is_main:
-                self._save_weights(self.fold_dir / "best.pt", epoch, weights, candidates[weights])
-        elif self.tracker.update(epoch, candidates) and info.is_main:
-            self._save_weights(self.fold_dir / "best.pt", epoch, *self.tracker.pick(candidates))
-        if info.is_main:
-            name, dropped = self.tracker.offer_top_k(epoch, self.tracker.pick(candidates)[1][0])
-            if name is not None:
-                self._save_weights(self.fold_dir / name, epoch, *self.tracker.pick(candidates))
-            remove_files(self.fold_dir, dropped)
+            results["ema"] = self._evaluate(self.ema.module, epoch) if validated else NOT_VALIDATED
+        if validated:
+            self._keep_best(epoch, results)
+        if info.is_main:  # NOTE the SWA window holds every epoch's weights, validated or not
             average = cfg.train.average
             if average is not None and (average.method == "swa" or self.full):
                 save_checkpoint(self.fold_dir / avg.swa_file(epoch), {"model": self.model.state_dict(),
@@ -386,9 +378,27 @@ class FoldRun:
         )
         return metrics
 
+    def _keep_best(self, epoch: int, results: dict[str, dict[str, float]]) -> None:
+        """After a validation: step a plateau schedule, update the tracker, write `best.pt` and the top-k files."""
+        key = "score" if self.maximize else "valid_loss"
+        self.trainer.schedule.step_epoch(epoch, results["model"][key])
+        candidates = {name: (r[key], r["score"]) for name, r in results.items()}
+        if self.full:  # no validation: the latest weights (the EMA when there is one) are the result
+            weights = "ema" if self.ema is not None else "model"
+            self.tracker.best_epoch, self.tracker.best_weights = epoch, weights
+            if self.info.is_main:
+                self._save_weights(self.fold_dir / "best.pt", epoch, weights, candidates[weights])
+        elif self.tracker.update(epoch, candidates) and self.info.is_main:
+            self._save_weights(self.fold_dir / "best.pt", epoch, *self.tracker.pick(candidates))
+        if self.info.is_main:
+            name, dropped = self.tracker.offer_top_k(epoch, self.tracker.pick(candidates)[1][0])
+            if name is not None:
+                self._save_weights(self.fold_dir / name, epoch, *self.tracker.pick(candidates))
+            remove_files(self.fold_dir, dropped)
+
     def _evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
         if self.full:
-            return {"valid_loss": math.nan, "score": math.nan}
+            return dict(NOT_VALIDATED)
         try:
             return evaluate(model, self.data.valid_loader, self.objective, self._score, self.trainer)
         except TrainingError as exc:
@@ -489,13 +499,18 @@ class FoldRun:
         return int(state["epoch"]), bool(state["finished"])
 
     def _summary_line(self, m: dict[str, Any]) -> str:
+        train = f"{self.label} epoch {m['epoch']}/{self.cfg.train.epochs}: train_loss {m['train_loss']:.4f}"
         speed = f"lr {m['lr']:.2e} {m['images_per_second']:.1f} img/s {m['seconds']:.0f}s"
         if self.full:
-            return f"{self.label} epoch {m['epoch']}/{self.cfg.train.epochs}: train_loss {m['train_loss']:.4f} {speed}"
-        ema = f" ema {m['ema_score']:.4f}" if "ema_score" in m else ""
-        best = f"{m['best_score']:.4f} (epoch {m['best_epoch']}, {self.tracker.best_weights})"
-        return (f"{self.label} epoch {m['epoch']}/{self.cfg.train.epochs}: train_loss {m['train_loss']:.4f} "
-                f"valid_loss {m['valid_loss']:.4f} score {m['score']:.4f}{ema} best {best} {speed}")
+            return f"{train} {speed}"
+        if self.cfg.train.validates(m["epoch"]):
+            ema = f" ema {m['ema_score']:.4f}" if "ema_score" in m else ""
+            valid = f"valid_loss {m['valid_loss']:.4f} score {m['score']:.4f}{ema}"
+        else:
+            valid = f"not validated (train.valid_every: {self.cfg.train.valid_every})"
+        best = "" if m["best_score"] is None else (
+            f" best {m['best_score']:.4f} (epoch {m['best_epoch']}, {self.tracker.best_weights})")
+        return f"{train} {valid}{best} {speed}"
 
     def _folds_chose_average(self) -> bool:
         """A full fit cannot score its average: it follows the folds (most of them kept their average)."""

@@ -25,7 +25,8 @@ class MetricsLogger:
     """One row per epoch into `metrics.csv` (rewritten atomically), TensorBoard and `curves.png`.
 
     A resumed run keeps the rows of the epochs its checkpoint holds (`resumed_epochs`) and drops any
-    later ones, so no epoch is logged twice; a fresh run (0) starts a new file.
+    later ones, so no epoch is logged twice; a fresh run (0) starts a new file. A NaN (an epoch without
+    validation) is an empty cell, no TensorBoard point and a gap the plotted line steps over.
 
     Args:
         folder: the fold's output folder.
@@ -57,7 +58,7 @@ class MetricsLogger:
         self.rows.append(dict(metrics))
         if self.writer is not None:
             for key, value in metrics.items():
-                if key != "epoch" and isinstance(value, (int, float)) and value is not None:
+                if key != "epoch" and isinstance(value, (int, float)) and not math.isnan(value):
                     self.writer.add_scalar(f"epoch/{key}", value, int(metrics["epoch"]))
             self.writer.flush()
         self._write_csv()
@@ -83,7 +84,7 @@ class MetricsLogger:
 
 def _fmt(value: Any) -> Any:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return "" if math.isnan(value) else f"{value:.6g}"
     return "" if value is None else value
 
 
@@ -94,6 +95,13 @@ def _float(value: Any) -> float:
         return math.nan
 
 
+def curve(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """The epochs and values of one `metrics.csv` column, without the epochs where it is empty or NaN."""
+    points = [(int(row["epoch"]), _float(row.get(key))) for row in rows]
+    kept = [(epoch, value) for epoch, value in points if not math.isnan(value)]
+    return [epoch for epoch, _ in kept], [value for _, value in kept]
+
+
 def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
     """Plot train / valid loss and the validation score(s) per epoch into a PNG (matplotlib Agg)."""
     import matplotlib
@@ -101,17 +109,14 @@ def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    epochs = [int(row["epoch"]) for row in rows]
     figure = Figure(figsize=(10, 4), dpi=100)
     loss_axis, score_axis = figure.subplots(1, 2)
-    for key, style in (("train_loss", "-o"), ("valid_loss", "-s"), ("ema_valid_loss", "--s")):
-        values = [_float(row.get(key)) for row in rows]
-        if any(not math.isnan(v) for v in values):
-            loss_axis.plot(epochs, values, style, label=key)
-    for key, style in (("score", "-o"), ("ema_score", "--o")):
-        values = [_float(row.get(key)) for row in rows]
-        if any(not math.isnan(v) for v in values):
-            score_axis.plot(epochs, values, style, label=key)
+    for axis, key, style in ((loss_axis, "train_loss", "-o"), (loss_axis, "valid_loss", "-s"),
+                             (loss_axis, "ema_valid_loss", "--s"), (score_axis, "score", "-o"),
+                             (score_axis, "ema_score", "--o")):
+        epochs, values = curve(rows, key)
+        if epochs:
+            axis.plot(epochs, values, style, label=key)
     loss_axis.set(title="loss", xlabel="epoch")
     score_axis.set(title="validation score", xlabel="epoch")
     for axis in (loss_axis, score_axis):

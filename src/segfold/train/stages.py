@@ -64,7 +64,8 @@ def full_fit_configs(configs: list[Any]) -> tuple[list[Any], list[str]]:
             source = f"median best epoch of folds {list(chosen)} ({best})"
             logger.info("full fit%s: %d epochs, the median best epoch of %d fold(s) %s",
                         f" stage {number}" if len(configs) > 1 else "", epochs, len(best), best)
-        overrides = {"train": {"epochs": epochs, "write_oof": False, "patience": None,
+        # NOTE nothing to validate: every epoch takes the same path (its weights become best.pt)
+        overrides = {"train": {"epochs": epochs, "write_oof": False, "patience": None, "valid_every": 1,
                                "freeze_encoder_epochs": min(stage_cfg.train.freeze_encoder_epochs, epochs - 1)}}
         fitted.append(validate_config(deep_merge(config_to_dict(stage_cfg), overrides), source="--fold full"))
         sources.append(source)
