@@ -75,7 +75,7 @@ class BestTracker:
         return (name if name not in dropped else None), [d for d in dropped if d != name]
 
     def should_stop(self, patience: int | None) -> bool:
-        """Early stopping: `patience` epochs in a row without improvement."""
+        """Early stopping: `patience` validations in a row without improvement (`update` counts them)."""
         return patience is not None and self.bad_epochs >= patience
 
     def state_dict(self) -> dict[str, Any]:
