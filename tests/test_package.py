@@ -186,6 +186,15 @@ def test_kernel_config_moves_data_and_outputs(tmp_path):
     assert moved.infer.folds == [2]
 
 
+def test_kernel_config_refuses_duplicate_keys_and_a_missing_config(tmp_path):
+    (tmp_path / "models").mkdir()
+    with pytest.raises(WeightsError, match=r"config.yaml: missing; the package is incomplete"):
+        kernel_config(tmp_path, tmp_path / "comp", tmp_path / "work")
+    (tmp_path / "models" / "config.yaml").write_text("infer:\n  tta: none\n  tta: flips\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: key 'infer.tta' appears twice, at lines 2 and 3"):
+        kernel_config(tmp_path, tmp_path / "comp", tmp_path / "work")
+
+
 def test_package_refuses_untuned_experiments(tmp_path):
     from segfold.package.build import build_package
 

@@ -3,7 +3,8 @@
 A config file may name a parent with `base: other.yaml` (relative to the file); the child's keys are
 merged into the parent's recursively (mappings merge, everything else replaces). Overrides are
 `dotted.key=value` strings whose values parse as YAML scalars or lists (`train.epochs=3`,
-`model.encoder_weights=null`, `infer.scales=[1.0,1.25]`). Nothing in a config is ever executed.
+`model.encoder_weights=null`, `infer.scales=[1.0,1.25]`). Nothing in a config is ever executed, and
+a mapping that names the same key twice is an error (PyYAML alone keeps the last one without a word).
 """
 
 from __future__ import annotations
@@ -38,13 +39,69 @@ def default_config_path() -> Path:
     return repo_root() / "configs" / "default.yaml"
 
 
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a mapping holding the same key twice, at any depth.
+
+    Keys are compared as the values they construct to (`1` and `1.0` collide, as they would in a dict).
+    Merge keys (`<<: *anchor`) are left out: a key written next to a merge overrides the merged one,
+    which is what merges are for. `source` names the text in the error.
+    """
+
+    source = "<string>"
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _check_unique_keys(self, node: yaml.Node, path: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias: its node was checked where its anchor is
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._check_unique_keys(item, f"{path}[{index}]", seen)
+            return
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue  # a non-scalar key is refused by the constructor itself (unhashable)
+            key = self.construct_object(key_node)
+            key_path = f"{path}.{key}" if path else str(key)
+            if key in first:
+                earlier, earlier_value = first[key]
+                blocks = isinstance(value_node, yaml.MappingNode) and isinstance(earlier_value, yaml.MappingNode)
+                fix = f"merge the two `{key}:` blocks into one" if blocks else "keep only the one you mean"
+                raise ConfigError(f"{self.source}: key '{key_path}' appears twice, at lines "
+                                  f"{earlier.start_mark.line + 1} and {key_node.start_mark.line + 1}; YAML would "
+                                  f"silently keep only the last, so {fix}")
+            first[key] = (key_node, value_node)
+            self._check_unique_keys(value_node, key_path, seen)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text with `UniqueKeySafeLoader`.
+
+    Raises:
+        ConfigError: a mapping names a key twice (the message names `source`, the key and both lines).
+        yaml.YAMLError: the text is not valid YAML, or asks for a Python object.
+    """
+    loader = UniqueKeySafeLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read one YAML mapping with the safe loader; errors name the file."""
+    """Read one YAML mapping with the safe loader; errors (invalid YAML, duplicate keys) name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass --config with a path to a YAML file in configs/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text(), str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -95,7 +152,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set '{text}': the key must be a dotted path such as model.encoder_name")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw, f"--set '{text}'") if raw.strip() else ""
     except yaml.YAMLError:
         raise ConfigError(f"--set '{text}': the value is not a YAML scalar or list; quote it") from None
     return key.split("."), value

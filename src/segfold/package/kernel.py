@@ -18,9 +18,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from segfold.config.load import validate_config
+from segfold.config.load import read_yaml, validate_config
 from segfold.errors import DataError, WeightsError
 from segfold.io import atomic_path, sha256_file
 from segfold.predict import load_models, predict_test
@@ -82,14 +80,17 @@ def package_folds(package: Path) -> list[int]:
 def kernel_config(package: Path, input_dir: str | os.PathLike, work_dir: str | os.PathLike,
                   overrides: dict[str, Any] | None = None) -> Config:
     """The packaged config with ``data.root`` at ``input_dir`` and outputs under ``work_dir``."""
-    raw = yaml.safe_load((package / MODELS / CONFIG_FILE).read_text())
+    path = package / MODELS / CONFIG_FILE
+    if not path.is_file():
+        raise WeightsError(f"{path}: missing; the package is incomplete (rebuild it with scripts/package.py)")
+    raw = read_yaml(path)
     raw.setdefault("data", {})["root"] = str(Path(input_dir).resolve())
     raw["data"]["test_labels"] = None
     raw.setdefault("experiment", {})["output_root"] = str(Path(work_dir).resolve())
     raw.setdefault("infer", {})["folds"] = package_folds(package)
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
-    return validate_config(raw, source=str(package / MODELS / CONFIG_FILE))
+    return validate_config(raw, source=str(path))
 
 
 def prepare_work_dir(package: Path, cfg: Config) -> Path:
