@@ -56,7 +56,8 @@ class SearchConfig(StrictModel):
 
     trials: int = Field(4, ge=1, description="finished trials the study should hold, across all workers")
     fold: int = Field(0, ge=0, description="the fold whose validation score is the objective")
-    epochs: int | None = Field(2, ge=1, description="train.epochs of each trial (a short run); null keeps train.epochs")
+    epochs: int | None = Field(2, ge=1, description="train.epochs of each trial (a short run; it clears train.steps); "
+                                                        "null keeps train.epochs / train.steps")
     space: dict[str, ParamSpec] = {}
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"

@@ -144,7 +144,13 @@ class TrainConfig(StrictModel):
 The positive-share sampler is set in the data section (`data.sampler.positive_share`).
 """
 
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1, description="epochs per fold; ignored when train.steps is set")
+    steps: int | None = Field(
+        None, ge=1, description="optimizer steps per fold (an iteration budget): each fold, stage and full fit "
+                                "trains round(steps / its optimizer steps per epoch) epochs (at least 1), "
+                                "derived from its own training loader, and train.epochs is ignored; the "
+                                "epoch-based keys (freeze_encoder_epochs, average, valid_every, "
+                                "scheduler.warmup_epochs) are checked against the derived count")
     batch_size: int = Field(8, ge=1)
     valid_batch_size: int | None = Field(None, ge=1)
     num_workers: int | Literal["auto"] = Field(
@@ -182,6 +188,10 @@ The positive-share sampler is set in the data section (`data.sampler.positive_sh
         if self.num_workers != "auto" and self.num_workers < 0:
             raise ValueError(f"train.num_workers = {self.num_workers}: use 0 (load in the training process), "
                              "a positive number of DataLoader workers, or auto")
+        if self.compile and self.deterministic:
+            raise ValueError("train.compile=true and train.deterministic=true cannot be combined; turn one off")
+        if self.steps is not None:
+            return self  # NOTE epochs is ignored: the keys below are checked once a fold derives its epochs
         if self.freeze_encoder_epochs >= self.epochs:
             raise ValueError(
                 f"train.freeze_encoder_epochs = {self.freeze_encoder_epochs} must be smaller than "
@@ -194,8 +204,6 @@ The positive-share sampler is set in the data section (`data.sampler.positive_sh
             raise ValueError(f"train.average averages the {self.average.count} best validated checkpoints but "
                              f"train.epochs = {self.epochs} with train.valid_every = {self.valid_every} validates "
                              f"{self.validations} epoch(s); lower k or valid_every")
-        if self.compile and self.deterministic:
-            raise ValueError("train.compile=true and train.deterministic=true cannot be combined; turn one off")
         return self
 
     def validates(self, epoch: int) -> bool:

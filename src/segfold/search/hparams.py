@@ -123,7 +123,9 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=search.pruner_startup_trials,
                                            n_warmup_steps=search.pruner_warmup_epochs)
     if search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=search.epochs or cfg.train.epochs)
+        # NOTE with train.steps (and no search.epochs) the trial's epochs are known once it runs: Optuna's "auto"
+        longest = search.epochs or (cfg.train.epochs if cfg.train.steps is None else "auto")
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=longest)
     return optuna.pruners.NopPruner()
 
 
@@ -194,8 +196,9 @@ def _objective(cfg: Config, train_fn: TrainFn) -> Callable[[optuna.Trial], float
             "experiment.output_root": str(search_dir(cfg) / "trials"),
             "experiment.name": f"trial{trial.number:04d}",
         }
-        if search.epochs is not None:
+        if search.epochs is not None:  # a short trial: search.epochs wins over an iteration budget too
             overrides["train.epochs"] = search.epochs
+            overrides["train.steps"] = None
         trial_cfg = with_params(cfg, params, **overrides)
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v!r}" for k, v in params.items()))
 

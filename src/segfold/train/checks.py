@@ -14,7 +14,8 @@ def check_training_config(cfg: Any) -> None:
     for index, term in enumerate(cfg.loss.terms):
         if term.name not in known:
             raise ConfigError(f"loss.terms[{index}].name = {term.name!r} is not a loss; choose one of {known}")
-    if cfg.scheduler.warmup_epochs >= cfg.train.epochs:
+    # NOTE with train.steps the epochs are derived per fold (segfold.train.stages.steps_config checks them then)
+    if cfg.train.steps is None and cfg.scheduler.warmup_epochs >= cfg.train.epochs:
         raise ConfigError(
             f"scheduler.warmup_epochs = {cfg.scheduler.warmup_epochs} must be shorter than "
             f"train.epochs = {cfg.train.epochs}"

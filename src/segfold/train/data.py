@@ -63,7 +63,8 @@ class FoldData:
     metric_size: tuple[int, int]
     num_batches: int
     loader_workers: int = 0
-    share_at: Callable[[int], float | None] | None = None  # epoch -> positive share (a falling share)
+    # epoch -> positive share (a falling share); FoldRun re-points it at epochs derived from train.steps
+    share_at: Callable[[int], float | None] | None = None
 
     def set_epoch(self, seed: int, epoch: int, rank: int) -> None:
         """Fix this epoch's order, positive share and augmentations from `(seed, epoch, rank)`."""
@@ -141,6 +142,7 @@ def build_fold_data(cfg: Any, fold: int | str, info: DistInfo, mean: list[float]
     train_ds = SegmentationDataset(cfg.data, train_ids, transforms=build_transforms(cfg.data, "train"), **common)
     valid_ds = SegmentationDataset(cfg.data, valid_ids, transforms=build_transforms(cfg.data, "valid"), **common)
     batch_size, seed = cfg.train.batch_size, cfg.experiment.seed
+    # NOTE epoch 1's share does not depend on the epoch count (with train.steps it is derived after this)
     share = cfg.data.sampler.share_at(1, cfg.train.epochs)
     if share is not None:
         presence = annotations.presence[[annotations.index(i) for i in train_ids]]

@@ -59,7 +59,7 @@ from segfold.train.optim import build_optimizer, current_lr
 from segfold.train.rundir import check_fold_dir, prepare_fold_dir
 from segfold.train.runlog import MetricsLogger, write_run_info
 from segfold.train.schedule import LrSchedule
-from segfold.train.stages import FULL, full_fit_configs, shifted_callback
+from segfold.train.stages import FULL, full_fit_configs, shifted_callback, steps_config
 from segfold.train.tracking import BestTracker, remove_files
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -158,7 +158,7 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
             run = FoldRun(stage_cfg, fold, info, folder=folder, init_weights=init, label=label, resume=resume)
             result = run.fit(resume, callback)
         results.append(result)
-        init, offset = folder / result["checkpoint"], offset + stage_cfg.train.epochs
+        init, offset = folder / result["checkpoint"], offset + result["epochs"]
         if info.is_main and fold != FULL:
             record_run(cfg.experiment.output_root, cfg.experiment.name, stage_name(number, len(configs)),
                        config_hash=_settings_hash(settings[number - 1]), **{f"fold{fold}": result["best_score"]})
@@ -168,8 +168,8 @@ def train(cfg: Any, fold: int, resume: bool = False, epoch_callback: EpochCallba
                        epochs_from=epoch_sources[number - 1])
     final = results[-1]
     if len(results) > 1:
-        final["stages"] = [{key: r[key] for key in ("best_score", "best_epoch", "best_weights", "epochs_run",
-                                                    "fold_dir", "checkpoint")} for r in results]
+        final["stages"] = [{key: r[key] for key in ("best_score", "best_epoch", "best_weights", "epochs",
+                                                    "epochs_run", "fold_dir", "checkpoint")} for r in results]
         if info.is_main:
             write_json_atomic(fold_dir / "result.json", final)
     return final
@@ -225,6 +225,16 @@ class FoldRun:
         norm = (start or {}).get("preprocessing") or get_preprocessing_params(cfg.model.encoder_name,
                                                                                cfg.model.encoder_weights)
         self.data: FoldData = build_fold_data(cfg, fold, info, list(norm["mean"]), list(norm["std"]))
+        # train.steps: the epochs come from this loader's batches; everything below sees the derived config
+        cfg, self.steps = steps_config(cfg, self.label, self.data.num_batches)
+        if self.steps is not None:
+            self.cfg, self.cfg_dict, tcfg = cfg, config_to_dict(cfg), cfg.train
+            self.data.share_at = functools.partial(cfg.data.sampler.share_at, epochs=tcfg.epochs)
+            if info.is_main:
+                per_step = (f" ({self.steps['optimizer_steps_per_epoch']} optimizer steps each)"
+                            if tcfg.accumulate_steps > 1 else "")
+                logger.info("%s: train.steps %d -> %d epochs of %d batches%s", self.label, self.steps["steps"],
+                            tcfg.epochs, self.data.num_batches, per_step)
         self.threads = apply_threads(self.data.loader_workers)
         seed_everything(cfg.experiment.seed)
         if start is None:
@@ -325,6 +335,8 @@ class FoldRun:
             "best_weights": self.tracker.best_weights,
             "best_value": self.tracker.best_value,
             "monitor": cfg.train.monitor,
+            "epochs": cfg.train.epochs,  # the run's length: configured, or derived from train.steps
+            "epochs_from_steps": self.steps,
             "epochs_run": epoch,
             "stopped_early": epoch < cfg.train.epochs,  # the loop only ends early through patience
             "fold_dir": str(self.fold_dir),
@@ -440,6 +452,7 @@ class FoldRun:
             "fold": self.fold, "world_size": self.info.world_size, "device": str(self.info.device),
             "precision": self.trainer.precision, "train_images": len(self.data.train_ids),
             "valid_images": len(self.data.valid_ids), "metric_size": list(self.data.metric_size),
+            "epochs": self.cfg.train.epochs, "epochs_from_steps": self.steps,
         })
 
     def _save_weights(self, path: Path, epoch: int, weights: str, values: tuple[float, float]) -> None:
