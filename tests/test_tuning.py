@@ -295,6 +295,35 @@ def test_cross_fold_scores_each_fold_with_rules_tuned_on_the_other_fold_only(tmp
     assert cross["score"] == pytest.approx(mean) and cross["optimism"] == pytest.approx(result["score_after"] - mean)
     saved = json.loads((tmp_path / "e" / "thresholds.json").read_text())["cross_fold"]
     assert saved["score"] == pytest.approx(cross["score"])
+    assert saved["carries_over"] == (cross["score"] > cross["means"]["config"])
+
+
+def test_cross_fold_warns_when_the_config_rules_beat_the_tuned_ones_on_unseen_folds(tmp_path, caplog):
+    # class a: fold 0 scores its mask 0.6 and the rest 0.1 (t=0.5 perfect, 0.8 erases img0's mask); fold 1 scores
+    # its mask 0.9 and the rest 0.6 (t=0.8 perfect, 0.5 floods). By hand: the config's t=0.5 scores fold 0
+    # (1 + 1) / 2 and fold 1 (a: img2 2*32/96, img3 0; b: 1) (1/3 + 1) / 2, mean 5/6; fold 1's t=0.8 on fold 0
+    # gives a (0 + 1) / 2, mean 0.75; fold 0's t (0.2 or 0.5) on fold 1 gives 2/3: mean 17/24 < 5/6.
+    # Class b is empty and predicted empty everywhere (1 at any threshold).
+    truth = {f"img{i}": np.zeros((2, 8, 8), np.uint8) for i in range(4)}
+    truth["img0"][0, :4] = truth["img2"][0, :4] = 1
+    probs = {i: np.zeros((2, 8, 8), np.float32) for i in truth}
+    for i, (inside, outside) in {"img0": (0.6, 0.1), "img1": (0.6, 0.1), "img2": (0.9, 0.6), "img3": (0.9, 0.6)}.items():
+        probs[i][0] = np.where(truth[i][0] > 0, inside, outside)
+    for k, ids in enumerate((["img0", "img1"], ["img2", "img3"])):
+        store = ProbStore.create(tmp_path / "w" / f"fold{k}", "oof", ids, ["a", "b"], 8, 8)
+        store.write(np.arange(2), np.stack([probs[i] for i in ids]))
+        store.finalize()
+    (tmp_path / "w" / "folds.csv").write_text("ImageId,fold\nimg0,0\nimg1,0\nimg2,1\nimg3,1\n")
+    cfg = validate_config({"experiment": {"name": "w", "output_root": str(tmp_path)},
+                           "data": {"classes": ["a", "b"], "folds": {"n_folds": 2}},
+                           "postprocess": {"threshold": 0.5, "tune": {"optuna_trials": 0, "thresholds": [0.2, 0.5, 0.8],
+                                                                      "min_areas": [0], "cross_fold": True}}})
+    with caplog.at_level(logging.WARNING, logger="segfold"):
+        cross = tune_thresholds(cfg, truth_fn=truth.__getitem__)["cross_fold"]
+    assert cross["means"]["config"] == pytest.approx(5 / 6) and cross["score"] == pytest.approx(17 / 24)
+    assert cross["carries_over"] is False
+    assert any("does not carry over" in r.getMessage() and "move thresholds.json aside" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_cross_fold_needs_two_folds_and_a_folds_file(tmp_path):

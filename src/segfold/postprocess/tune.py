@@ -300,5 +300,12 @@ def cross_fold_scores(cfg: Any, source: StoreView, truth_fn: TruthFn, hist: Hist
     logger.info("cross-fold: %s %.5f with rules tuned on the other folds, %.5f tuned on the whole OOF "
                 "(the search's optimism: %+.5f)", metric, summary["tuned_other_folds"], summary["tuned_all"],
                 summary["tuned_all"] - summary["tuned_other_folds"])
+    carries_over = summary["tuned_other_folds"] > summary["config"]
+    if not carries_over:
+        logger.warning("the tuning does not carry over: on folds the search never saw, the rules tuned on the other "
+                       "folds score %.5f and the config's rules %.5f; %s still holds the rules tuned on the whole "
+                       "OOF, which make_submission.py applies. To submit with the config's rules, move %s aside; "
+                       "or raise postprocess.tune.tolerance and tune again", summary["tuned_other_folds"],
+                       summary["config"], THRESHOLDS_FILE, THRESHOLDS_FILE)
     return {"score": summary["tuned_other_folds"], "optimism": summary["tuned_all"] - summary["tuned_other_folds"],
-            "means": summary, "folds": rows_out}
+            "means": summary, "carries_over": carries_over, "folds": rows_out}
