@@ -307,7 +307,8 @@ def test_cross_fold_warns_when_the_config_rules_beat_the_tuned_ones_on_unseen_fo
     truth = {f"img{i}": np.zeros((2, 8, 8), np.uint8) for i in range(4)}
     truth["img0"][0, :4] = truth["img2"][0, :4] = 1
     probs = {i: np.zeros((2, 8, 8), np.float32) for i in truth}
-    for i, (inside, outside) in {"img0": (0.6, 0.1), "img1": (0.6, 0.1), "img2": (0.9, 0.6), "img3": (0.9, 0.6)}.items():
+    levels = {"img0": (0.6, 0.1), "img1": (0.6, 0.1), "img2": (0.9, 0.6), "img3": (0.9, 0.6)}
+    for i, (inside, outside) in levels.items():
         probs[i][0] = np.where(truth[i][0] > 0, inside, outside)
     for k, ids in enumerate((["img0", "img1"], ["img2", "img3"])):
         store = ProbStore.create(tmp_path / "w" / f"fold{k}", "oof", ids, ["a", "b"], 8, 8)
