@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from segfold.config import validate_config
-from segfold.errors import DataError
+from segfold.errors import ConfigError, DataError
 from segfold.metrics.competition import dice_image, dice_pairs, tgs_iou_precision
 from segfold.postprocess import histograms as histsearch
 from segfold.postprocess.components import ComponentCache
@@ -325,6 +325,23 @@ def test_cross_fold_warns_when_the_config_rules_beat_the_tuned_ones_on_unseen_fo
     assert cross["carries_over"] is False
     assert any("does not carry over" in r.getMessage() and "move thresholds.json aside" in r.getMessage()
                for r in caplog.records)
+    tuned = json.loads((tmp_path / "w" / "thresholds.json").read_text())
+    assert tuned["score_after"] > tuned["score_before"] and "rejected" not in tuned
+
+    # fallback_to_config: the config's rules are what thresholds.json keeps, the tuned ones recorded as rejected
+    kept = tune_thresholds(validate_config({**cfg.model_dump(), "postprocess": {
+        **cfg.postprocess.model_dump(), "tune": {**cfg.postprocess.tune.model_dump(), "fallback_to_config": True}}}),
+        truth_fn=truth.__getitem__)
+    assert kept["params"] == PostprocessParams(("a", "b"), (ClassRules(threshold=0.5),) * 2)
+    saved = json.loads((tmp_path / "w" / "thresholds.json").read_text())
+    assert saved["score_after"] == saved["score_before"] == pytest.approx(5 / 6)
+    assert saved["rejected"]["score_after"] == tuned["score_after"]
+
+
+def test_fallback_to_config_needs_the_cross_fold_check():
+    with pytest.raises(ConfigError, match="fallback_to_config needs the cross-fold check"):
+        validate_config({"postprocess": {"tune": {"fallback_to_config": True}}})
+    assert validate_config({"postprocess": {"tune": {"fallback_to_config": True, "cross_fold": True}}})
 
 
 def test_cross_fold_needs_two_folds_and_a_folds_file(tmp_path):

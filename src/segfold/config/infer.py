@@ -116,6 +116,9 @@ class ThresholdTuneConfig(StrictModel):
         "config's, Optuna's finds must win by more, and the config's rules stay unless beaten by more"))
     cross_fold: bool = Field(False, description="also tune on every fold's complement and score the rules on the "
                                                 "fold (the search's optimism; scripts/tune_thresholds.py --cross-fold)")
+    fallback_to_config: bool = Field(False, description=(
+        "with cross_fold: when the rules tuned on the other folds score below the config's rules on the folds the "
+        "search never saw, thresholds.json keeps the config's rules (the tuned ones are recorded as rejected)"))
 
     @field_validator("thresholds")
     @classmethod
@@ -130,6 +133,13 @@ class ThresholdTuneConfig(StrictModel):
         if value is not None and (not value or min(value) < 0):
             raise ValueError("min_areas must be a non-empty list of pixel counts >= 0, or null for the default")
         return sorted(set(value)) if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_fallback(self) -> ThresholdTuneConfig:
+        if self.fallback_to_config and not self.cross_fold:
+            raise ValueError("fallback_to_config needs the cross-fold check to decide: set cross_fold: true too "
+                             "(or pass --cross-fold to tune_thresholds.py)")
+        return self
 
 
 class PostprocessConfig(StrictModel):

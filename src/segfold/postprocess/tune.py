@@ -196,6 +196,21 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
         with timer("cross_fold"):
             cross = cross_fold_scores(cfg, source, truth_fn, hist, start, params, metric, empty, min_areas, timer)
         info["cross_fold"] = cross
+        if not cross["carries_over"]:
+            fallback = tune.fallback_to_config
+            logger.warning("the tuning does not carry over: on folds the search never saw, the rules tuned on the "
+                           "other folds score %.5f and the config's rules %.5f; %s", cross["score"],
+                           cross["means"]["config"],
+                           f"{THRESHOLDS_FILE} keeps the config's rules (postprocess.tune.fallback_to_config)"
+                           if fallback else
+                           f"{THRESHOLDS_FILE} still holds the rules tuned on the whole OOF, which make_submission.py "
+                           f"applies. To submit with the config's rules, set postprocess.tune.fallback_to_config: "
+                           f"true (or move {THRESHOLDS_FILE} aside); or raise postprocess.tune.tolerance")
+            if fallback:
+                info["rejected"] = {"rules": params.describe().splitlines(), "score_after": after,
+                                    "class_dice_after": info["class_dice_after"]}
+                params, after = start, before
+                info.update(score_after=before, class_dice_after=info["class_dice_before"])
     if holdout is not None:
         logger.info("holdout (%d images the search never saw): %.5f (config) -> %.5f (tuned); gain %+.5f on the "
                     "holdout vs %+.5f on the OOF", holdout["images"], holdout["score_before"],
@@ -301,11 +316,5 @@ def cross_fold_scores(cfg: Any, source: StoreView, truth_fn: TruthFn, hist: Hist
                 "(the search's optimism: %+.5f)", metric, summary["tuned_other_folds"], summary["tuned_all"],
                 summary["tuned_all"] - summary["tuned_other_folds"])
     carries_over = summary["tuned_other_folds"] > summary["config"]
-    if not carries_over:
-        logger.warning("the tuning does not carry over: on folds the search never saw, the rules tuned on the other "
-                       "folds score %.5f and the config's rules %.5f; %s still holds the rules tuned on the whole "
-                       "OOF, which make_submission.py applies. To submit with the config's rules, move %s aside; "
-                       "or raise postprocess.tune.tolerance and tune again", summary["tuned_other_folds"],
-                       summary["config"], THRESHOLDS_FILE, THRESHOLDS_FILE)
     return {"score": summary["tuned_other_folds"], "optimism": summary["tuned_all"] - summary["tuned_other_folds"],
             "means": summary, "carries_over": carries_over, "folds": rows_out}
