@@ -223,7 +223,11 @@ def tune_thresholds(cfg: Any, source: StoreView | None = None, truth_fn: TruthFn
     ylabel = "class mean Dice" if grid.method.startswith("exact") else f"{metric} (others held)"
     curves = plot_curves(grid, source.classes, out_dir / "threshold_curves.png", ylabel)
     logger.info(params.describe())
-    logger.info("OOF %s: %.5f (config) -> %.5f (tuned); wrote %s and %s", metric, before, after, path, curves)
+    if "rejected" in info:
+        logger.info("OOF %s: %.5f (config, kept) - the tuned %.5f rejected by the cross-fold check; wrote %s and %s",
+                    metric, before, info["rejected"]["score_after"], path, curves)
+    else:
+        logger.info("OOF %s: %.5f (config) -> %.5f (tuned); wrote %s and %s", metric, before, after, path, curves)
     return {"params": params, "score_before": before, "score_after": after, "metric": metric,
             "method": grid.method, "path": path, "curves": curves, "grid": grid, "holdout": holdout,
             "cross_fold": cross}
