@@ -380,21 +380,18 @@ def _state_tensors(state):
     return flat
 
 
-def test_resume_after_a_kill_ends_with_the_same_weights(tiny_data, tmp_path):
+class Killed(Exception):
+    """Raised from the epoch callback: the run stops as if the process died."""
+
+
+def killed_and_resumed(tiny_data, tmp_path, **sections):
+    """An uninterrupted run (`whole/`) and the same run killed after epoch 1 and resumed (`cut/`).
+
+    Returns `(whole result, resumed result, the epoch of cut/'s last.pt before the resume)`.
+    """
     from segfold.train import train
 
-    sections = dict(
-        data={"sampler": {"positive_share": 0.5},
-              "augment": {"train": [{"name": "HorizontalFlip", "p": 0.5},
-                                    {"name": "RandomBrightnessContrast", "p": 0.5}]}},
-        model={"aux": {"dropout": 0.5}},  # dropout draws from the global torch RNG
-        train={"epochs": 3, "ema": True, "ema_decay": 0.7, "deterministic": True},
-        scheduler={"name": "cosine", "warmup_epochs": 1},
-    )
     whole = train(tiny_config(tiny_data, tmp_path / "whole", **sections), 0)
-
-    class Killed(Exception):
-        pass
 
     def kill_after_first(epoch, metrics):
         if epoch == 1:
@@ -403,17 +400,35 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny_data, tmp_path):
     cut_cfg = tiny_config(tiny_data, tmp_path / "cut", **sections)
     with pytest.raises(Killed):
         train(cut_cfg, 0, epoch_callback=kill_after_first)
-    assert load_checkpoint(tmp_path / "cut" / "tiny" / "fold0" / "last.pt")["epoch"] == 1
-    resumed = train(cut_cfg, 0, resume=True)
-    assert resumed["best_score"] == whole["best_score"] and resumed["best_epoch"] == whole["best_epoch"]
+    killed_at = load_checkpoint(tmp_path / "cut" / "tiny" / "fold0" / "last.pt")["epoch"]
+    return whole, train(cut_cfg, 0, resume=True), killed_at
 
+
+def assert_same_last_checkpoints(tmp_path, parts):
+    """`whole/` and `cut/` end with bitwise equal `parts` of last.pt; returns both checkpoints."""
     a = load_checkpoint(tmp_path / "whole" / "tiny" / "fold0" / "last.pt")
     b = load_checkpoint(tmp_path / "cut" / "tiny" / "fold0" / "last.pt")
-    for part in ("model", "ema", "optimizer"):
+    for part in parts:
         ta, tb = _state_tensors(a[part]), _state_tensors(b[part])
         assert ta.keys() == tb.keys()
         for key in ta:
             assert torch.equal(ta[key], tb[key]), f"{part}.{key} differs after resume"
+    return a, b
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tiny_data, tmp_path):
+    sections = dict(
+        data={"sampler": {"positive_share": 0.5},
+              "augment": {"train": [{"name": "HorizontalFlip", "p": 0.5},
+                                    {"name": "RandomBrightnessContrast", "p": 0.5}]}},
+        model={"aux": {"dropout": 0.5}},  # dropout draws from the global torch RNG
+        train={"epochs": 3, "ema": True, "ema_decay": 0.7, "deterministic": True},
+        scheduler={"name": "cosine", "warmup_epochs": 1},
+    )
+    whole, resumed, killed_at = killed_and_resumed(tiny_data, tmp_path, **sections)
+    assert killed_at == 1
+    assert resumed["best_score"] == whole["best_score"] and resumed["best_epoch"] == whole["best_epoch"]
+    assert_same_last_checkpoints(tmp_path, ("model", "ema", "optimizer"))
     rows_cut = (tmp_path / "cut" / "tiny" / "fold0" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows_cut[1:]] == ["1", "2", "3"]
 

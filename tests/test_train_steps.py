@@ -7,7 +7,6 @@ import logging
 
 import pandas as pd
 import pytest
-import torch
 
 from segfold.config import ConfigError, validate_config
 from segfold.data.folds import load_folds
@@ -17,7 +16,7 @@ from segfold.train import loop, train
 from segfold.train.distributed import init_distributed
 from segfold.train.schedule import LrSchedule
 from segfold.train.stages import FULL, full_fit_configs, steps_config
-from test_train import _state_tensors, tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from test_train import assert_same_last_checkpoints, killed_and_resumed, tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
 
 @pytest.mark.parametrize(("steps", "batches", "accumulate", "epochs", "per_epoch"), [
@@ -108,27 +107,10 @@ def test_falling_share_spans_the_derived_epochs(tiny_data, tmp_path):  # noqa: F
 def test_resume_with_steps_ends_with_the_same_weights(tiny_data, tmp_path):  # noqa: F811
     sections = dict(train={"steps": 7, "epochs": 1, "deterministic": True}, scheduler={"name": "cosine"},
                     data={"sampler": {"positive_share": {"start": 0.9, "end": 0.3}}})
-    whole = train(tiny_config(tiny_data, tmp_path / "whole", **sections), 0)  # 7 / 3 -> 2 epochs
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first(epoch, metrics):
-        if epoch == 1:
-            raise Killed
-
-    cut_cfg = tiny_config(tiny_data, tmp_path / "cut", **sections)
-    with pytest.raises(Killed):
-        train(cut_cfg, 0, epoch_callback=kill_after_first)
-    resumed = train(cut_cfg, 0, resume=True)
+    whole, resumed, _ = killed_and_resumed(tiny_data, tmp_path, **sections)  # 7 / 3 -> 2 epochs
     assert whole["epochs"] == resumed["epochs"] == resumed["epochs_run"] == 2
-    a = load_checkpoint(tmp_path / "whole" / "tiny" / "fold0" / "last.pt")
-    b = load_checkpoint(tmp_path / "cut" / "tiny" / "fold0" / "last.pt")
+    a, b = assert_same_last_checkpoints(tmp_path, ("model", "optimizer"))
     assert a["global_step"] == b["global_step"] == 6
-    for part in ("model", "optimizer"):
-        ta, tb = _state_tensors(a[part]), _state_tensors(b[part])
-        for key in ta:
-            assert torch.equal(ta[key], tb[key]), f"{part}.{key} differs after resume"
 
 
 def test_stages_derive_their_own_epochs_on_one_epoch_axis(tiny_data, tmp_path):  # noqa: F811
