@@ -670,8 +670,10 @@ def test_pretrained_lite_weights_normalise_training_and_are_recorded(tiny_data, 
 
 
 def test_progress_written_to_a_file_is_one_line_per_epoch(tiny_data, tmp_path, capfd):
+    from segfold.logs import setup_logging
     from segfold.train import train
 
+    setup_logging()  # as the scripts do; alone this test would otherwise see no log lines
     cfg = tiny_config(tiny_data, tmp_path, train={"progress": True, "write_oof": False})
     train(cfg, 0)
     out, err = capfd.readouterr()  # stdout and stderr are pipes here, not terminals
