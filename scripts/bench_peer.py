@@ -1,6 +1,6 @@
 """The peer: the plain recipe a segmentation_models_pytorch user would write, on the chain's data and folds.
 
-    python scripts/bench_peer.py --config configs/camvid4.yaml [--epochs 20] [--folds 0,1,2]
+    python scripts/bench_peer.py --config configs/camvid4.yaml [--epochs 20] [--folds 0,1,2] [--merge A.json ...]
 
 Unet on efficientnet-lite0 with ImageNet weights (input normalised as those weights expect: mean =
 std = 0.5), BCE + Dice, Adam at 1e-3 without a schedule, horizontal flips only, batch 8, the last
@@ -14,6 +14,10 @@ native size.
 Prints and writes (`outputs/<experiment>/peer/peer.json`, or `--out`) the out-of-fold mean Dice over
 (image, class) pairs with the Severstal rule (a pair where both masks are empty scores 1), overall,
 per class and per fold. The Dice here is computed with numpy, independently of segfold's scorer.
+
+`--merge` adds the folds of earlier runs (their `peer.json`), so that folds run on different days make one
+OOF: `--folds` then defaults to the folds none of them holds (none at all when they hold every fold). Each
+file must hold the same recipe and the fold sizes of this `folds.csv`; a fold held twice is an error.
 """
 
 from __future__ import annotations
@@ -106,16 +110,65 @@ def score_fold(model: torch.nn.Module, valid_loader: Any, annotations: Any, thre
     return np.stack(scores)
 
 
-def run(cfg: Any, folds: list[int] | None, epochs: int, log: Any = print) -> dict[str, Any]:
-    """Train and score each fold with the peer recipe; returns the summary written to JSON."""
+def fold_summary(scores: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Mean Dice overall and per class of one set of (image, class) scores (N, C)."""
+    return {"dice": float(scores.mean()), "images": int(scores.shape[0]),
+            "per_class": dict(zip(classes, scores.mean(axis=0).tolist(), strict=True))}
+
+
+def pooled(per_fold: dict[str, dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    """The OOF of whole folds: each (image, class) pair counts once, so the image-weighted mean of the folds."""
+    images = sum(fold["images"] for fold in per_fold.values())
+    per_class = {name: sum(fold["per_class"][name] * fold["images"] for fold in per_fold.values()) / images
+                 for name in classes}
+    return {"dice": float(np.mean(list(per_class.values()))), "images": images, "per_class": per_class}
+
+
+def read_merged(paths: list[Path], recipe: dict[str, Any], table: Any, classes: list[str]) -> dict[str, Any]:
+    """The folds of earlier peer.json files, checked against this run's recipe, folds.csv and classes."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        try:
+            earlier = json.loads(Path(path).read_text())
+            theirs, folds = earlier["recipe"], earlier["folds"]
+            sizes = {fold: (int(fold), int(summary["images"]), list(summary["per_class"]))
+                     for fold, summary in folds.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"--merge {path}: not a peer.json written by bench_peer.py ({exc})") from exc
+        differ = sorted(key for key in set(recipe) | set(theirs) if recipe.get(key) != theirs.get(key))
+        if differ:
+            key = differ[0]
+            raise ConfigError(f"--merge {path}: recipe.{key} is {theirs.get(key)!r} there and {recipe.get(key)!r} "
+                              f"in this run; merge only runs of the same recipe (--epochs, data.image_size)")
+        for fold, summary in folds.items():
+            if fold in merged:
+                raise ConfigError(f"--merge {path}: fold {fold} is also in {merged[fold][0]}; give each fold once")
+            number, images, names = sizes[fold]
+            expected = int((table["fold"].to_numpy() == number).sum())
+            if images != expected or names != classes:
+                raise ConfigError(f"--merge {path}: fold {fold} holds {images} images of classes {names}, this "
+                                  f"folds.csv {expected} of {classes}: it was run on other folds or data; rerun that "
+                                  "fold")
+            merged[fold] = (path, summary)
+    return {fold: summary for fold, (_, summary) in merged.items()}
+
+
+def run(cfg: Any, folds: list[int] | None, epochs: int, log: Any = print,
+        merge: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Train and score each fold with the peer recipe, add the folds of `merge`; returns the summary for JSON."""
     if cfg.data.mode == "multiclass":
         raise ConfigError("bench_peer.py runs the binary/multilabel recipe (sigmoid, BCE + Dice); "
                           f"data.mode is {cfg.data.mode!r}")
     annotations = read_train(cfg.data)
     table = load_folds(cfg)  # the chain's folds.csv: its rows are the training images, as for the trainer
-    folds = folds if folds is not None else list(range(cfg.data.folds.n_folds))
     classes = list(cfg.data.classes)
-    per_fold, pairs = {}, []
+    recipe = dict(RECIPE, epochs=epochs, image_size=list(cfg.data.image_size) if cfg.data.image_size else None)
+    per_fold = read_merged(list(merge), recipe, table, classes)
+    if folds is None:
+        folds = [fold for fold in range(cfg.data.folds.n_folds) if str(fold) not in per_fold]
+    for fold in folds:
+        if str(fold) in per_fold:
+            raise ConfigError(f"--folds {fold}: that fold is already in a --merge file; drop it from one of them")
     started = time.perf_counter()
     for fold in folds:
         in_fold = table["fold"].to_numpy() == fold
@@ -135,16 +188,15 @@ def run(cfg: Any, folds: list[int] | None, epochs: int, log: Any = print) -> dic
             f"{norm['mean']}/{norm['std']}")
         train_fold(model, train_loader, epochs, RECIPE["lr"], log)
         scores = score_fold(model, valid_loader, annotations, RECIPE["threshold"])
-        pairs.append(scores)
-        per_fold[str(fold)] = {"dice": float(scores.mean()), "images": len(valid_ids),
-                               "per_class": dict(zip(classes, scores.mean(axis=0).tolist(), strict=True))}
+        per_fold[str(fold)] = fold_summary(scores, classes)
         log(f"fold {fold}: Dice {scores.mean():.4f}")
-    oof = np.concatenate(pairs)
+    if not per_fold:
+        raise ConfigError("no fold to score: give --folds or --merge")
+    per_fold = dict(sorted(per_fold.items(), key=lambda item: int(item[0])))
     return {
-        "recipe": dict(RECIPE, epochs=epochs, image_size=list(cfg.data.image_size) if cfg.data.image_size else None),
+        "recipe": recipe,
         "folds": per_fold,
-        "oof": {"dice": float(oof.mean()), "images": int(oof.shape[0]),
-                "per_class": dict(zip(classes, oof.mean(axis=0).tolist(), strict=True))},
+        "oof": pooled(per_fold, classes),
         "metric": "mean Dice over (image, class) pairs, both empty = 1, at native size",
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -155,17 +207,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = add_config_arguments(argparse.ArgumentParser(description=__doc__,
                                                           formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"], help="epochs per fold (default 20)")
-    parser.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+    parser.add_argument("--folds", default=None,
+                        help="comma-separated folds (default: every fold no --merge file holds)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default outputs/<exp>/peer/peer.json)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[],
+                        help="earlier peer.json files whose folds join this run's in one OOF")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     folds = [int(v) for v in args.folds.split(",")] if args.folds else None
-
-
-    summary = run(cfg, folds, args.epochs)
+    summary = run(cfg, folds, args.epochs, merge=args.merge)
     out = args.out or cfg.experiment.output_dir / "peer" / "peer.json"
     write_json_atomic(out, summary)
     classes = " ".join(f"{name} {value:.4f}" for name, value in summary["oof"]["per_class"].items())
