@@ -17,7 +17,8 @@ per class and per fold. The Dice here is computed with numpy, independently of s
 
 `--merge` adds the folds of earlier runs (their `peer.json`), so that folds run on different days make one
 OOF: `--folds` then defaults to the folds none of them holds (none at all when they hold every fold). Each
-file must hold the same recipe and the fold sizes of this `folds.csv`; a fold held twice is an error.
+file must hold the same recipe and the fold sizes of this `folds.csv`; a fold held twice is an error. The
+JSON's `merged` names the file of each merged fold; its `seconds` are those of the folds trained in this run.
 """
 
 from __future__ import annotations
@@ -124,8 +125,13 @@ def pooled(per_fold: dict[str, dict[str, Any]], classes: list[str]) -> dict[str,
     return {"dice": float(np.mean(list(per_class.values()))), "images": images, "per_class": per_class}
 
 
-def read_merged(paths: list[Path], recipe: dict[str, Any], table: Any, classes: list[str]) -> dict[str, Any]:
-    """The folds of earlier peer.json files, checked against this run's recipe, folds.csv and classes."""
+def read_merged(paths: list[Path], recipe: dict[str, Any], table: Any,
+                classes: list[str]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The folds of earlier peer.json files, checked against this run's recipe, folds.csv and classes.
+
+    Returns:
+        `{fold: (the file it came from, its summary)}`.
+    """
     merged: dict[str, Any] = {}
     for path in paths:
         try:
@@ -150,7 +156,7 @@ def read_merged(paths: list[Path], recipe: dict[str, Any], table: Any, classes: 
                                   f"folds.csv {expected} of {classes}: it was run on other folds or data; rerun that "
                                   "fold")
             merged[fold] = (path, summary)
-    return {fold: summary for fold, (_, summary) in merged.items()}
+    return merged
 
 
 def run(cfg: Any, folds: list[int] | None, epochs: int, log: Any = print,
@@ -163,7 +169,8 @@ def run(cfg: Any, folds: list[int] | None, epochs: int, log: Any = print,
     table = load_folds(cfg)  # the chain's folds.csv: its rows are the training images, as for the trainer
     classes = list(cfg.data.classes)
     recipe = dict(RECIPE, epochs=epochs, image_size=list(cfg.data.image_size) if cfg.data.image_size else None)
-    per_fold = read_merged(list(merge), recipe, table, classes)
+    merged = read_merged(list(merge), recipe, table, classes)
+    per_fold = {fold: summary for fold, (_, summary) in merged.items()}
     if folds is None:
         folds = [fold for fold in range(cfg.data.folds.n_folds) if str(fold) not in per_fold]
     for fold in folds:
@@ -198,7 +205,8 @@ def run(cfg: Any, folds: list[int] | None, epochs: int, log: Any = print,
         "folds": per_fold,
         "oof": pooled(per_fold, classes),
         "metric": "mean Dice over (image, class) pairs, both empty = 1, at native size",
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 1),  # of the folds trained in this run
+        "merged": {fold: str(path) for fold, (path, _) in sorted(merged.items(), key=lambda item: int(item[0]))},
     }
 
 

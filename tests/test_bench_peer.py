@@ -57,6 +57,7 @@ def test_peer_trains_each_fold_of_the_folds_file_and_writes_the_oof(tmp_path, pe
     assert summary["recipe"]["epochs"] == 1 and summary["recipe"]["encoder"] == "efficientnet-lite0"
     assert [summary["folds"][k]["images"] for k in ("0", "1")] == [3, len(ids) - 3]
     assert summary["oof"]["images"] == len(ids)
+    assert summary["merged"] == {}
     classes = list(summary["oof"]["per_class"])
     assert classes == ["1", "2", "3", "4"]
     # every (image, class) pair counts once: the OOF is the image-weighted mean of the folds,
@@ -103,6 +104,7 @@ def test_merge_pools_the_folds_of_earlier_runs_pair_by_pair(tmp_path, peer, caps
     peer.main(["--config", str(config), "--merge", str(second), str(first), "--out", str(tmp_path / "all.json")])
     summary = json.loads((tmp_path / "all.json").read_text())
     assert list(summary["folds"]) == ["0", "1"]
+    assert summary["merged"] == {"0": str(first), "1": str(second)}
     # per class (3 * fold 0 + 1 * fold 1) / 4 images
     assert summary["oof"]["per_class"] == pytest.approx({"1": 0.625, "2": 1.0, "3": 0.25, "4": 0.375})
     assert summary["oof"]["images"] == 4
@@ -121,6 +123,7 @@ def test_merge_trains_only_the_folds_no_file_holds(tmp_path, peer, monkeypatch):
     peer.main(["--config", str(config), "--epochs", "1", "--threads", "1", "--merge", str(first)])
     summary = json.loads((out / "peer" / "peer.json").read_text())
     assert trained == [3]  # fold 1 only, on fold 0's three images
+    assert summary["merged"] == {"0": str(first)}
     assert summary["folds"]["1"] == {"dice": 0.5, "images": 1, "per_class": {"1": 1.0, "2": 0.0, "3": 1.0, "4": 0.0}}
     assert summary["oof"]["dice"] == pytest.approx((3 * 0.5 + 1 * 0.5) / 4)
     assert summary["oof"]["per_class"] == pytest.approx({"1": 0.625, "2": 0.75, "3": 0.25, "4": 0.375})
