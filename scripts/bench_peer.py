@@ -206,7 +206,7 @@ def run(cfg: Any, folds: list[int] | None, epochs: int, log: Any = print,
         "oof": pooled(per_fold, classes),
         "metric": "mean Dice over (image, class) pairs, both empty = 1, at native size",
         "seconds": round(time.perf_counter() - started, 1),  # of the folds trained in this run
-        "merged": {fold: str(path) for fold, (path, _) in sorted(merged.items(), key=lambda item: int(item[0]))},
+        "merged": {fold: str(merged[fold][0]) for fold in per_fold if fold in merged},  # per_fold is sorted
     }
 
 
